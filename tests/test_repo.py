@@ -1,0 +1,47 @@
+"""The repository keeps its promises: README in sync with index.ipynb, CI runs the README's test command,
+and the package is exactly what the notebooks export."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_rendered_from_index():
+    r = subprocess.run([sys.executable, '.ci/render_readme.py', '--check'], cwd=ROOT)
+    assert r.returncode == 0, "README.md is stale: run `python .ci/render_readme.py`"
+
+
+def test_readme_has_two_commands_and_ci_uses_the_test_one():
+    readme = (ROOT/'README.md').read_text()
+    blocks = re.findall(r"```bash\n(.*?)\n```", readme, re.S)
+    assert len(blocks) >= 2
+    setup_main, setup_test = blocks[0], blocks[1]
+    assert 'pip install -e .' in setup_main and 'pip install -e' in setup_test
+    assert setup_test.rstrip().endswith('nbdev_test && pytest')
+    ci = (ROOT/'.ci'/'run').read_text()
+    assert 'grep -m1 -E "nbdev_test && pytest" README.md' in ci
+
+
+def test_notebooks_are_clean_and_numbered():
+    import json
+    for nb in (ROOT/'nbs').glob('*.ipynb'):
+        cells = json.loads(nb.read_text())['cells']
+        for c in cells:
+            if c['cell_type'] == 'code':
+                assert not c['outputs'] and c['execution_count'] is None, f"{nb.name} has outputs: run nbdev_clean"
+        assert re.match(r'(\d\d_\w+|index|train|evaluate|viewer|\w+)\.ipynb$', nb.name)
+
+
+def test_export_matches_notebooks(tmp_path):
+    "nbdev_export into a scratch copy gives the committed package byte for byte"
+    import shutil
+    for name in ('nbs', 'semivl'):
+        shutil.copytree(ROOT/name, tmp_path/name, ignore=shutil.ignore_patterns('__pycache__', 'assets'))
+    shutil.copy(ROOT/'settings.ini', tmp_path/'settings.ini')
+    exe = Path(sys.executable).with_name('nbdev_export')
+    subprocess.run([str(exe)], cwd=tmp_path, check=True)
+    for py in (ROOT/'semivl').glob('*.py'):
+        assert (tmp_path/'semivl'/py.name).read_text() == py.read_text(), f"{py.name} differs from its notebook"
+    assert sorted(p.name for p in (tmp_path/'semivl').glob('*.py')) == sorted(p.name for p in (ROOT/'semivl').glob('*.py'))
