@@ -1,0 +1,198 @@
+"""Headless tests of the pseudo-label viewer: build the widget, drive every control, assert on the displayed arrays."""
+import io
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from semivl.core import IGNORE_INDEX
+from semivl.viewer import (AUGS, PANELS, PseudoLabelViewer, ViewerModel, ViewerState, ViewSettings, image_stats,
+                           overlay, panel_arrays, plot_panels, training_target)
+
+OVERLAY_PANELS = ('MaskCLIP', 'student', 'kept', 'target')  # panels that draw class colours over the input
+
+
+def stub_model(n_classes=4, dim=8, seed=0, student=True):
+    "A 'CLIP' = fixed random projection of 4x4-pooled pixels, a 'student' = 1x1 conv with large weights"
+    g = torch.Generator().manual_seed(seed)
+    proj = torch.randn(dim, 3, generator=g)
+    clip_dense = lambda img: F.normalize(torch.einsum('dc,bchw->bdhw', proj, F.avg_pool2d(img, 4)), dim=1)
+    texts = {'single': F.normalize(torch.randn(n_classes, dim, generator=g), dim=1),
+             'definitions': F.normalize(torch.randn(n_classes, dim, generator=g), dim=1),
+             'concepts': F.normalize(torch.randn(2 * n_classes, dim, generator=g), dim=1)}
+    net = None
+    if student:
+        net = torch.nn.Conv2d(3, n_classes, 1)
+        torch.nn.init.normal_(net.weight, std=1.5, generator=g)
+    return ViewerModel(clip_dense, texts, net, {'concepts': torch.arange(2 * n_classes) // 2})
+
+
+def fake_images(n=5, h=64, w=64, n_classes=4, seed=0, with_gt=True):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        gt = rng.integers(0, n_classes, (h, w)).astype(np.uint8)
+        gt[:2] = IGNORE_INDEX
+        out.append((img, gt if with_gt else None))
+    return out
+
+
+@pytest.fixture
+def viewer():
+    return PseudoLabelViewer(fake_images(), stub_model(), classes=['bg', 'a', 'b', 'c'])
+
+
+def test_overlay_hides_exactly_the_toggled_class():
+    rng = np.random.default_rng(1)
+    img = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    mask = rng.integers(0, 5, (20, 30)).astype(np.uint8); mask[0] = IGNORE_INDEX
+    pal = rng.integers(0, 255, (5, 3))
+    full = overlay(img, mask, pal, .6)
+    for c in range(5):
+        part = overlay(img, mask, pal, .6, visible_classes=[k for k in range(5) if k != c])
+        np.testing.assert_array_equal(part[mask == c], img[mask == c])
+        np.testing.assert_array_equal(part[mask != c], full[mask != c])
+        assert not np.array_equal(full[mask == c], img[mask == c])  # the class was drawn before
+    np.testing.assert_array_equal(full[0], img[0])  # ignore pixels are never drawn
+
+
+def test_target_follows_the_losses():
+    rng = np.random.default_rng(2)
+    label = rng.integers(0, 4, (16, 16)); conf = rng.random((16, 16)).astype(np.float32)
+    mc = np.where(rng.random((16, 16)) < .5, rng.integers(0, 4, (16, 16)), IGNORE_INDEX)
+    tgt, src = training_target(label, conf, mc, .7)
+    keep = conf >= .7
+    np.testing.assert_array_equal(tgt[keep], label[keep])                       # consistency loss wins where kept
+    np.testing.assert_array_equal(tgt[~keep], mc[~keep])                         # else MaskCLIP (or nothing)
+    assert ((src == 0) == (~keep & (mc == IGNORE_INDEX))).all()
+
+
+def test_every_control_threshold_monotone(viewer):
+    kept, labelled = [], []
+    for t in np.linspace(0, 1, 11):
+        viewer.thresh.value = float(t)
+        kept.append(int(viewer.maps['kept'].sum()))
+        k = viewer.maps['kept']
+        np.testing.assert_array_equal(viewer.rgb['kept'][~k], viewer.rgb['image'][~k])  # dropped pixels undrawn
+        np.testing.assert_array_equal(viewer.maps['target'][k], viewer.maps['student'][k])
+    assert all(a >= b for a, b in zip(kept, kept[1:])), kept
+    assert kept[0] == 64 * 64 and kept[-1] < kept[0]
+    for t in np.linspace(0, 1, 11):
+        viewer.mc_thresh.value = float(t)
+        labelled.append(int((viewer.maps['maskclip'] != IGNORE_INDEX).sum()))
+    assert all(a >= b for a, b in zip(labelled, labelled[1:])), labelled
+    assert labelled[0] == 64 * 64
+
+
+def test_class_toggle_hides_exactly_its_pixels(viewer):
+    viewer.thresh.value = 0.5
+    before = {k: viewer.rgb[k].copy() for k in OVERLAY_PANELS + ('ground truth',)}
+    maps = dict(viewer.maps)
+    names = dict(zip(OVERLAY_PANELS + ('ground truth',), ('maskclip', 'student', 'kept_label', 'target', 'gt')))
+    for c in range(4):
+        viewer.class_toggles[c].value = False
+        for panel, key in names.items():
+            hit = maps[key] == c
+            np.testing.assert_array_equal(viewer.rgb[panel][hit], viewer.rgb['image'][hit])
+            np.testing.assert_array_equal(viewer.rgb[panel][~hit], before[panel][~hit])
+        viewer.class_toggles[c].value = True
+        for panel in before: np.testing.assert_array_equal(viewer.rgb[panel], before[panel])
+    viewer.show_none.click()
+    for panel in before: np.testing.assert_array_equal(viewer.rgb[panel], viewer.rgb['image'])
+    viewer.show_all.click()
+    for panel in before: np.testing.assert_array_equal(viewer.rgb[panel], before[panel])
+
+
+def test_opacity_text_source_and_views(viewer):
+    viewer.opacity.value = 0.0
+    for p in OVERLAY_PANELS: np.testing.assert_array_equal(viewer.rgb[p], viewer.rgb['image'])
+    viewer.opacity.value = 1.0
+    s = viewer.maps['student']
+    np.testing.assert_array_equal(viewer.rgb['student'], viewer.palette[s])
+    calls = dict(viewer.state.model.calls)
+    seen = {}
+    for src in viewer.text_source.options:
+        viewer.text_source.value = src
+        seen[src] = viewer.maps['maskclip'].copy()
+    assert set(seen) == {'single', 'definitions', 'concepts'}
+    assert not np.array_equal(seen['single'], seen['concepts'])
+    weak = viewer.rgb['image'].copy(); student = viewer.maps['student'].copy()
+    viewer.aug.value = 'strong'
+    assert viewer.rgb['image'].shape == weak.shape and not np.array_equal(viewer.rgb['image'], weak)
+    np.testing.assert_array_equal(viewer.maps['student'], student)  # targets come from the weak view
+    viewer.aug.value = 'cutmix'
+    out = viewer.current_outputs()
+    j = viewer.state.partner(viewer.index.value, viewer.seed)
+    partner = viewer.state.outputs(j)
+    assert out.box.any()
+    np.testing.assert_array_equal(viewer.maps['student'][out.box], partner.label[out.box])
+    np.testing.assert_array_equal(viewer.maps['student'][~out.box], student[~out.box])
+    np.testing.assert_array_equal(viewer.maps['gt'][out.box], partner.gt[out.box])
+    first_box = out.box.copy()
+    viewer.redraw_btn.click()
+    assert not np.array_equal(viewer.current_outputs().box, first_box) or \
+        viewer.state.partner(0, viewer.seed) != j
+    assert viewer.state.model.calls['student'] <= calls['student'] + 2  # only new partners ran the student
+
+
+def test_image_picker_and_cache(viewer):
+    m = viewer.state.model
+    viewer.index_box.value = 3
+    assert viewer.index.value == 3 and viewer.index_box.value == 3
+    viewer.index.value = 1
+    assert viewer.index_box.value == 1
+    np.testing.assert_array_equal(viewer.rgb['image'], fake_images()[1][0])
+    calls = dict(m.calls)
+    for t in (.3, .6, .9): viewer.thresh.value = t
+    viewer.index.value = 3; viewer.index.value = 1
+    assert m.calls == calls  # thresholds and revisits never rerun the backbone
+    picked = set()
+    for _ in range(10):
+        viewer.random_btn.click(); picked.add(viewer.index.value)
+    assert len(picked) > 1 and picked <= set(range(5))
+
+
+def test_panels_show_the_arrays(viewer):
+    for k in PANELS:
+        png = Image.open(io.BytesIO(viewer.panels[k].value))
+        a = np.asarray(png.convert('RGB'))
+        f = a.shape[0] // viewer.rgb[k].shape[0]
+        np.testing.assert_array_equal(a[::f, ::f], viewer.rgb[k])
+    assert 'kept' in viewer.stats_html.value and '%' in viewer.stats_html.value
+    assert viewer.stats['kept'] == pytest.approx(viewer.maps['kept'].mean())
+    gt = viewer.maps['gt']; k = viewer.maps['kept'] & (gt != IGNORE_INDEX)
+    assert viewer.stats['acc_kept'] == pytest.approx((viewer.maps['student'][k] == gt[k]).mean())
+
+
+def test_no_gt_and_zero_shot_clip_only():
+    v = PseudoLabelViewer(fake_images(3, with_gt=False), stub_model(student=False))
+    assert v.rgb['ground truth'] is None and v._boxes['ground truth'].layout.display == 'none'
+    assert np.isnan(v.stats['acc_kept'])
+    mc_conf, mc_label = v.state.maskclip(0, 'single')
+    np.testing.assert_array_equal(v.maps['student'], mc_label)  # zero-shot: the raw MaskCLIP prediction
+    assert 'zero-shot' in v.status.value
+    v.thresh.value = .1; v.aug.value = 'cutmix'; v.text_source.value = 'concepts'
+    assert v.state.model.calls['student'] == 0
+
+
+def test_precompute_batches_and_static_figure():
+    v = PseudoLabelViewer(ViewerState(fake_images(6), stub_model(), batch_size=4))
+    v.precompute(progress=False)
+    assert v.state.model.calls['clip'] == 3  # image 0 at start, then the 5 others as batches of 4 + 1
+    n = dict(v.state.model.calls)
+    for i in range(6): v.index.value = i
+    assert v.state.model.calls == n
+    fig = v.figure()
+    assert len([a for a in fig.axes if a.images]) == len(PANELS)
+
+
+def test_update_latency_toy_size(viewer):
+    viewer.thresh.value = .5  # warm
+    ts = []
+    for t in np.linspace(.5, .99, 10):
+        t0 = time.perf_counter(); viewer.thresh.value = float(t); ts.append(time.perf_counter() - t0)
+    assert np.median(ts) < .5, ts
