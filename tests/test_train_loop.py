@@ -1,0 +1,133 @@
+"""The training loop as real processes: SIGKILL + resume is bit-identical; 2-process torchrun (gloo) equals grad accumulation."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = textwrap.dedent('''
+    import os, sys, time, torch, torch.nn as nn
+    from semivl.core import IGNORE_INDEX
+    from semivl.train import TrainCfg, train, init_distributed, UNLABELED_KEYS
+
+    out_dir, mode = sys.argv[1], sys.argv[2]          # mode: plain | slow | accum | dist
+    torch.set_num_threads(1)
+
+    class Stub(nn.Module):
+        "Segmentor contract; random FP keep masks, or (dist/accum) a function of the features"
+        def __init__(s, n=3, ch=8):
+            super().__init__()
+            s.backbone = nn.ModuleDict(dict(stem=nn.Conv2d(3, ch, 3, padding=1), attn=nn.Conv2d(ch, ch, 1)))
+            s.backbone.stem.requires_grad_(False)
+            s.decode_head = nn.ModuleDict(dict(ln=nn.GroupNorm(1, ch), cls=nn.Conv2d(ch, n, 1)))
+            s.clip_encoder = nn.Conv2d(3, n, 1).requires_grad_(False)
+        def feats(s, x): return s.backbone.attn(s.backbone.stem(x).relu())
+        def head(s, f): return s.decode_head.cls(s.decode_head.ln(f)) * 5
+        def forward(s, x): return s.head(s.feats(x))
+        def forward_fp(s, x, fp_keep_masks=None):
+            f = s.feats(x)
+            if mode in ('plain', 'slow'): keep = torch.rand(f.shape[:2]) > 0.5     # consumes the global RNG
+            else: keep = f.detach().mean((2, 3)) > 0      # rank-independent
+            return s.head(torch.cat([f, f * keep[:, :, None, None] * 2])).chunk(2)
+        @torch.no_grad()
+        def maskclip_pseudo_label(s, x, conf_thresh=0.9):
+            c, l = (s.clip_encoder(x) * 20).softmax(1).max(1)
+            return l.masked_fill(c < conf_thresh, IGNORE_INDEX)
+
+    class DS(torch.utils.data.Dataset):
+        def __init__(s, mode, n=16, hw=16, order=None):
+            g = torch.Generator().manual_seed(5)
+            s.mode, s.n, s.order = mode, n, order or list(range(n))
+            s.img = torch.randn(n, 3, hw, hw, generator=g); s.mask = torch.randint(0, 3, (n, hw, hw), generator=g)
+            s.u = {k: torch.randn(n, 3, hw, hw, generator=g) for k in ('img_w', 'img_s1', 'img_s2')}
+            s.u['ignore_mask'] = torch.zeros(n, hw, hw, dtype=torch.long); s.u['ignore_mask'][:, -2:] = 255
+            for k in ('cutmix_box1', 'cutmix_box2'): s.u[k] = (torch.rand(n, hw, hw, generator=g) > .5).long()
+            for k in ('img_w', 'img_s1', 'img_s2', 'ignore_mask'):
+                s.u[k + '_other'] = torch.roll(s.u[k], 1, 0)
+        def __len__(s): return s.n
+        def __getitem__(s, i):
+            if mode == 'slow': time.sleep(0.03)
+            i = s.order[i]
+            if s.mode == 'l':   # 'augmentation' noise from the global RNG (off where ranks must agree)
+                noise = 0.1 * torch.randn(3, 16, 16) if mode in ('plain', 'slow') else 0
+                return dict(img=s.img[i] + noise, mask=s.mask[i])
+            return {k: v[i] for k, v in s.u.items()}
+
+    rank, world, _ = init_distributed()
+    bs = 2
+    if mode == 'dist':
+        mk = lambda m: torch.utils.data.DataLoader(DS(m), bs, drop_last=True, sampler=torch.utils.data.DistributedSampler(
+            DS(m), world, rank, shuffle=False))
+    elif mode == 'accum':     # micro-batches in the order rank 0, rank 1 of the distributed run
+        order = [4 * s + r + 2 * j for s in range(4) for r in (0, 1) for j in (0, 1)]
+        mk = lambda m: torch.utils.data.DataLoader(DS(m, order=order), bs, drop_last=True, shuffle=False)
+    else:
+        mk = lambda m: torch.utils.data.DataLoader(DS(m), bs, drop_last=True, shuffle=True, generator=torch.Generator())
+    torch.manual_seed(0)
+    model = Stub()
+    os.makedirs(out_dir, exist_ok=True)
+    if rank == 0: torch.save(model.state_dict(), os.path.join(out_dir, 'init.pt'))
+    cfg = TrainCfg(epochs=2 if mode in ('dist', 'accum') else 3, log_every=1,
+                   grad_accum=2 if mode == 'accum' else 1)
+    train(cfg, model, mk('l'), mk('u'), out_dir=out_dir, ckpt_every=1, progress=False)
+''')
+
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, OMP_NUM_THREADS='1',
+           PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
+
+
+def _run(tmp_path, out, mode):
+    script = tmp_path / 'run.py'
+    script.write_text(SCRIPT)
+    return subprocess.Popen([sys.executable, str(script), str(out), mode], cwd=tmp_path, env=ENV)
+
+
+def _final(out):
+    return torch.load(Path(out) / 'last.pt', weights_only=False)
+
+
+@pytest.mark.slow
+def test_sigkill_and_resume_is_bit_identical(tmp_path):
+    full = tmp_path / 'full'
+    assert _run(tmp_path, full, 'plain').wait(120) == 0
+    cut = tmp_path / 'cut'
+    p = _run(tmp_path, cut, 'slow')
+    csv = cut / 'metrics.csv'
+    t0 = time.time()
+    while time.time() - t0 < 120:              # kill once a few iterations are logged
+        if csv.exists() and len(csv.read_text().splitlines()) >= 5: break
+        time.sleep(0.05)
+    os.kill(p.pid, signal.SIGKILL)
+    assert p.wait(30) == -signal.SIGKILL
+    killed_at = _final(cut)['iteration']
+    assert 0 < killed_at < 24
+    assert _run(tmp_path, cut, 'plain').wait(120) == 0
+    a, b = _final(full), _final(cut)
+    assert a['iteration'] == b['iteration'] == 24
+    for k, v in a['model'].items(): assert torch.equal(v, b['model'][k]), k
+    for s_a, s_b in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
+        assert torch.equal(s_a['exp_avg'], s_b['exp_avg'])
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_match_grad_accumulation(tmp_path):
+    dist_out, acc_out = tmp_path / 'dist', tmp_path / 'acc'
+    (tmp_path / 'run.py').write_text(SCRIPT)
+    p = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                          str(tmp_path / 'run.py'), str(dist_out), 'dist'], cwd=tmp_path, env=ENV)
+    q = _run(tmp_path, acc_out, 'accum')
+    assert p.wait(180) == 0 and q.wait(180) == 0
+    a, b = _final(dist_out), _final(acc_out)
+    assert a['iteration'] == b['iteration'] == 8
+    assert len(a['rng']) == 2                  # both ranks' RNG states are in the checkpoint
+    init = torch.load(dist_out / 'init.pt')
+    assert (a['model']['decode_head.cls.weight'] - init['decode_head.cls.weight']).abs().max() > 1e-3  # it trained
+    for k, v in a['model'].items():
+        torch.testing.assert_close(v, b['model'][k], rtol=1e-5, atol=1e-6)
