@@ -332,3 +332,22 @@ def test_script_runs_from_the_command_line(fakes):
     r = subprocess.run([sys.executable, str(ROOT/'data_scripts'/'check_dataset.py'), '--root', str(fakes['custom']), '--quiet'],
                        capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert r.returncode == 0 and '0 problem(s)' in r.stdout and 'class histogram' in r.stdout, r.stderr
+
+
+def test_real_toyworld_layout(tmp_path):
+    "The toy world generator's output (semivl.toyworld) loads in every mode and passes the checker"
+    toyworld = pytest.importorskip('semivl.toyworld')
+    root = toyworld.write_toyworld(tmp_path/'toy', n_train=24, n_val=3, split_sizes=(4,), progress=False)
+    info = dataset_info(root)
+    assert (info.name, info.nclass, info.crop) == ('toyworld', 11, 64)
+    split = next(p.name for p in (root/'splits').iterdir() if p.is_dir())
+    du = SemiDataset(root, 'train_u', split)
+    b = next(iter(build_loader(du, 4, num_workers=0)))
+    assert b['img_w'].shape == (4, 3, 64, 64) and b['img_s1_other'].shape == (4, 3, 64, 64)
+    x = next(iter(build_loader(SemiDataset(root, 'train_l', split, nsample=len(du)), 4, num_workers=0)))
+    assert x['mask'].shape == (4, 64, 64) and x['mask'].max() <= 255
+    v = SemiDataset(root, 'val')[0]
+    assert v['img'].shape == (3, 64, 64) and v['mask'].shape == (64, 64)
+    rep = check_dataset(root, progress=False)
+    assert rep.ok, rep.problems
+    assert (rep.class_images > 0).sum() >= 6
