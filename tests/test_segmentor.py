@@ -1,0 +1,144 @@
+"""SemiVLSegmentor end to end against the official goldens: MaskCLIP pseudo-labels, the model forwards of the
+exp-40 crop-128 training step (incl. feature perturbation with the recorded dropout masks), checkpoint layout."""
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from semivl.clip import load_clip
+from semivl.segmentor import (ModelCfg, SemiVLSegmentor, labels_from_logits, load_official_checkpoint,
+                              official_state_dict, param_groups)
+from semivl.text import flatten_concepts, load_class_info
+from conftest import GOLDEN
+
+pytestmark = pytest.mark.slow
+
+
+def _t(a): return torch.from_numpy(np.asarray(a).astype(np.float32))
+
+
+@pytest.fixture(scope='module')
+def clip_vitb16():
+    spec = importlib.util.spec_from_file_location('golden_recipe', GOLDEN/'recipe.py')
+    rec = importlib.util.module_from_spec(spec); spec.loader.exec_module(rec)
+    sd = {k: torch.from_numpy(v) for k, v in rec.openai_visual_state_dict().items()}
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match='missing'):
+        return load_clip('ViT-B-16', weights=sd, strict=False)[0]
+
+
+@pytest.fixture(scope='module')
+def voc_c2c():
+    return flatten_concepts(load_class_info('voc')['concepts'])[1]
+
+
+@pytest.fixture(scope='module')
+def model512(clip_vitb16, golden, voc_c2c):
+    g = golden('maskclip_pseudo_label')
+    return SemiVLSegmentor(ModelCfg.preset('voc'), clip_vitb16, _t(g['text_single']), _t(g['text_concept4']),
+                           voc_c2c).eval()
+
+
+@pytest.fixture(scope='module')
+def model128(clip_vitb16, golden, voc_c2c):
+    "exp-40 at crop 128 (backbone pos-embed 14->8 at load; clip_encoder stays at 512), head weights of the golden x100"
+    g = golden('train_step_exp40_crop128')
+    m = SemiVLSegmentor(ModelCfg.preset('voc').update(crop_size=128), clip_vitb16, _t(g['text_single']),
+                        _t(g['text_concept4']), voc_c2c).eval()
+    with np.load(GOLDEN/'vlg_head_params.npz') as z: params = {k: _t(z[k]) for k in z.files}
+    scale = float(g['head_logit_scale'][0])
+    params['head.weight'] *= scale; params['head.bias'] *= scale
+    m.decode_head.load_state_dict(params, strict=True)
+    return m
+
+
+def _frac_diff(a, b): return float((np.asarray(a) != np.asarray(b)).mean())
+
+
+def test_maskclip_pseudo_labels(model512, golden):
+    g = golden('maskclip_pseudo_label')
+    img = _t(g['img'])
+    with torch.no_grad():
+        E = model512.clip_encoder.dense_embedding(img)
+        np.testing.assert_allclose(E.numpy(), g['clip_embed'], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(torch.nn.functional.conv2d(E, model512.guidance_text[:, :, None, None]).numpy(),
+                                   g['dense_logits_concepts'], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(model512.maskclip_logits(img).numpy(), g['dense_logits_classes'], rtol=0, atol=1e-5)
+    thr = float(g['conf_thresh'][0])
+    assert _frac_diff(model512.maskclip_pseudo_label(img, conf_thresh=thr), g['pseudo_label_concept4']) < 1e-3
+    assert _frac_diff(labels_from_logits(_t(g['dense_logits_classes']), (224, 224), 0.5),
+                      g['pseudo_label_concept4_thr05']) < 1e-3
+    # single-prompt guidance (no concepts): swap the buffers
+    conc, c2c = model512.guidance_text, model512.concept_to_class
+    try:
+        model512.guidance_text, model512.concept_to_class = model512.text, None
+        single = model512.maskclip_logits(img)
+        assert _frac_diff(model512.maskclip_pseudo_label(img, conf_thresh=thr), g['pseudo_label_single']) < 1e-3
+    finally:
+        model512.guidance_text, model512.concept_to_class = conc, c2c
+    assert _frac_diff(labels_from_logits(single, (224, 224), 0.5), g['pseudo_label_single_thr05']) < 1e-3
+
+
+def test_train_step_forwards(model128, golden):
+    "The model calls of one official training step: eval forward, forward_fp with the recorded keep masks, MaskCLIP"
+    g = golden('train_step_exp40_crop128')
+    TOL = dict(rtol=0, atol=5e-3)  # README: train-step predictions (logits up to ~50)
+    with torch.no_grad():
+        pred_w_other = model128(_t(g['img_w_other']))
+        np.testing.assert_allclose(pred_w_other[:, :, ::2, ::2].numpy(), g['pred_w_other_stride2'], **TOL)
+        np.testing.assert_allclose(pred_w_other.double().sum().item(), g['pred_w_other_sum'][0], rtol=1e-4)
+        masks = [torch.from_numpy(g[f'fp_keep_mask{i}']) for i in range(3)]
+        preds, preds_fp = model128.forward_fp(torch.cat([_t(g['img_x']), _t(g['img_w'])]), masks)
+        pred_x, pred_w = preds.chunk(2)
+        pred_w_fp = preds_fp.chunk(2)[1]
+        for name, p in (('pred_x', pred_x), ('pred_w', pred_w), ('pred_w_fp', pred_w_fp)):
+            np.testing.assert_allclose(p[:, :, ::2, ::2].numpy(), g[f'{name}_stride2'], **TOL, err_msg=name)
+            np.testing.assert_allclose(p.double().sum().item(), g[f'{name}_sum'][0], rtol=1e-4, err_msg=name)
+        s1, s2 = model128(torch.cat([_t(g['img_s1_mixed']), _t(g['img_s2_mixed'])])).chunk(2)
+        np.testing.assert_allclose(s1[:, :, ::2, ::2].numpy(), g['pred_s1_stride2'], **TOL)
+        np.testing.assert_allclose(s2[:, :, ::2, ::2].numpy(), g['pred_s2_stride2'], **TOL)
+    mc = model128.maskclip_pseudo_label(torch.cat([_t(g['img_w']), _t(g['img_w_other'])]), conf_thresh=0.9)
+    mclip, mclip_other = mc.chunk(2)
+    mclip[torch.from_numpy(g['ignore_mask']) == 255] = 255
+    mclip_other[torch.from_numpy(g['ignore_mask_other']) == 255] = 255
+    assert _frac_diff(mclip, g['mclip']) < 1e-3 and _frac_diff(mclip_other, g['mclip_other']) < 1e-3
+
+
+def test_trainable_params_and_groups(model128, golden):
+    "ftap at crop 128: exactly the golden's trainable backbone params; head 2,217,185; official lr groups"
+    g = golden('train_step_exp40_crop128')
+    ours = {n for n, p in model128.backbone.named_parameters() if p.requires_grad}
+    assert len(ours) == len(g['trainable_backbone_params']) == 49
+    assert sum(p.numel() for p in model128.decode_head.parameters()) == 2_217_185
+    assert not any(p.requires_grad for p in model128.clip_encoder.parameters())
+    groups = {gr['name']: gr for gr in param_groups(model128, 1e-4, backbone_lr_mult=0.01)}
+    assert groups['backbone']['lr'] == pytest.approx(1e-6) and groups['decode_head']['lr'] == pytest.approx(1e-3)
+    assert sum(p.numel() for p in groups['backbone']['params']) == 8 * 8 * 768 + 768 + 12 * 2_362_368
+
+
+def test_official_checkpoint_roundtrip(model512, clip_vitb16, golden, voc_c2c):
+    "Export to the released key layout (spec §9.2), import into a fresh model, export again: identical"
+    sd = official_state_dict(model512)
+    shapes = {k.removeprefix('module.'): tuple(v.shape) for k, v in sd.items()}
+    assert shapes['backbone.pos_embed'] == (1, 1025, 768) and shapes['clip_encoder.pos_embed'] == (1, 1025, 768)
+    assert shapes['backbone.cls_token'] == (1, 1, 768) and shapes['backbone.proj.weight'] == (512, 768, 1, 1)
+    assert shapes['backbone.layers.11.ffn.layers.0.0.weight'] == (3072, 768)
+    assert shapes['backbone.patch_embed.projection.weight'] == (768, 3, 16, 16)
+    with np.load(GOLDEN/'vlg_head_params.npz') as z:
+        assert {k for k in shapes if k.startswith('decode_head.')} == {f'decode_head.{k}' for k in z.files}
+    assert len([k for k in shapes if k.startswith('backbone.')]) == 152
+    g = golden('maskclip_pseudo_label')
+    fresh = SemiVLSegmentor(ModelCfg.preset('voc'), clip_vitb16, _t(g['text_single']), _t(g['text_concept4']), voc_c2c)
+    with torch.no_grad():
+        for p in fresh.backbone.parameters(): p.zero_()
+        for p in fresh.decode_head.parameters(): p.zero_()
+    summary = load_official_checkpoint(fresh, {'model': sd, 'optimizer': {}, 'epoch': 3})
+    assert summary == {'backbone': 152, 'decode_head': 68, 'clip_encoder (dropped)': 152}
+    back = official_state_dict(fresh)
+    for k, v in sd.items():
+        assert torch.equal(back[k], v), k
+    with pytest.raises(KeyError, match='unexpected'):
+        load_official_checkpoint(fresh, {**sd, 'module.auxiliary_head.conv.weight': torch.zeros(1)})
+    with pytest.raises(RuntimeError, match=r'missing keys \[.layers.3.ln1.weight.\]'):
+        load_official_checkpoint(fresh, {k: v for k, v in sd.items() if k != 'module.backbone.layers.3.ln1.weight'})
