@@ -196,3 +196,32 @@ def test_update_latency_toy_size(viewer):
     for t in np.linspace(.5, .99, 10):
         t0 = time.perf_counter(); viewer.thresh.value = float(t); ts.append(time.perf_counter() - t0)
     assert np.median(ts) < .5, ts
+
+
+def test_big_images_draw_at_display_resolution():
+    imgs = fake_images(2, h=400, w=400)
+    v = PseudoLabelViewer(imgs, stub_model(), panel_px=100)
+    assert v.rgb['image'].shape == (100, 100, 3)
+    np.testing.assert_array_equal(v.rgb['image'], imgs[0][0][::4, ::4])
+    out = v.current_outputs()
+    full = image_stats(out.label, out.conf, np.where(out.mc_conf >= .9, out.mc_label, IGNORE_INDEX), .95, 4, out.gt)
+    assert v.stats['kept'] == full['kept'] and np.array_equal(v.stats['counts'], full['counts'])
+
+
+@pytest.mark.slow
+def test_viewer_notebook_runs_under_papermill_with_widget_state(tmp_path, monkeypatch):
+    import json, os, papermill
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path/'viewer.ipynb'
+    monkeypatch.setenv('PYTHONPATH', os.pathsep.join([str(repo), os.environ.get('PYTHONPATH', '')]))
+    papermill.execute_notebook(str(repo/'nbs'/'viewer.ipynb'), str(out), kernel_name='python3', cwd=str(tmp_path),
+                               parameters=dict(split='20/unlabeled'), progress_bar=False)
+    nb = json.loads(out.read_text())
+    state = nb['metadata']['widgets']['application/vnd.jupyter.widget-state+json']['state']
+    views = [o['data']['application/vnd.jupyter.widget-view+json']['model_id'] for c in nb['cells']
+             for o in c.get('outputs', []) if 'application/vnd.jupyter.widget-view+json' in o.get('data', {})]
+    assert len(views) == 1 and views[0] in state              # the app's root VBox is saved with its state
+    images = [m for m in state.values() if m['model_name'] == 'ImageModel']
+    assert len(images) >= 7                                    # the panels, with their PNG bytes, for static HTML
+    assert any('image/png' in o.get('data', {}) for c in nb['cells'] for o in c.get('outputs', []))  # mpl fallback
