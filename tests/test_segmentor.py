@@ -142,3 +142,19 @@ def test_official_checkpoint_roundtrip(model512, clip_vitb16, golden, voc_c2c):
         load_official_checkpoint(fresh, {**sd, 'module.auxiliary_head.conv.weight': torch.zeros(1)})
     with pytest.raises(RuntimeError, match=r'missing keys \[.layers.3.ln1.weight.\]'):
         load_official_checkpoint(fresh, {k: v for k, v in sd.items() if k != 'module.backbone.layers.3.ln1.weight'})
+
+
+@pytest.mark.parametrize('readout', ['value_residual', 'maskclip'])
+def test_toy_preset_builds_on_the_toy_clip(readout):
+    "The 'toy' preset on the tiny toy CLIP architecture (random weights here): shapes, ftap, gradients"
+    import torch.nn.functional as F
+    from semivl.toyclip import create_toy_clip
+    torch.manual_seed(0)
+    cfg = ModelCfg.preset('toy').update(dense_readout=readout)
+    m = SemiVLSegmentor(cfg, create_toy_clip(), F.normalize(torch.randn(11, 128), dim=-1)).train()
+    img = torch.randn(2, 3, 64, 64)
+    logits, logits_fp = m.forward_fp(img)
+    assert logits.shape == logits_fp.shape == (2, 11, 64, 64)
+    (logits.mean() + logits_fp.mean()).backward()
+    assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
+    assert m.maskclip_pseudo_label(img, conf_thresh=0.).shape == (2, 64, 64)

@@ -34,3 +34,23 @@ def test_class_lists_official():
     assert len(cs['classes']) == 19 and [len(c) for c in cs['concepts']] == [3, 1, 7, 1, 2, 3, 1, 3, 3, 4, 1, 7, 3, 4, 4, 1, 2, 3, 1]
     assert cs['concepts'][2][1] == 'skyscaper'
     for info in (voc, coco, ade, cs): assert info['ignore_index'] == 255
+
+
+def test_dataset_text_with_real_tokenizer(tmp_path, monkeypatch):
+    "open_clip's BPE tokenizer (bundled, no network) + a small CLIP with its vocabulary: VOC text plan shapes, cache"
+    import open_clip
+    from semivl.clip import load_clip
+    from semivl.text import dataset_text
+    monkeypatch.setenv('SEMIVL_CACHE', str(tmp_path))
+    cfg = dict(embed_dim=32, vision_cfg=dict(image_size=32, layers=1, width=32, patch_size=16, head_width=16),
+               text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
+    torch.manual_seed(0)
+    clip, tok = load_clip(cfg, tokenizer=open_clip.get_tokenizer('ViT-B-16'))
+    t = dataset_text('voc', clip, tok)
+    assert t['text'].shape == (21, 32) and t['guidance_text'].shape == (98, 32) and t['concept_to_class'].shape == (98,)
+    torch.testing.assert_close(t['text'].norm(dim=-1), torch.ones(21))
+    assert len(list((tmp_path/'text').glob('voc_*.pt'))) == 2
+    cs = dataset_text('cityscapes', clip, tok)   # decoder: concept average (19 rows); guidance: 54 concepts
+    assert cs['text'].shape == (19, 32) and cs['guidance_text'].shape == (54, 32)
+    ade = dataset_text('ade', clip, tok)
+    assert ade['guidance_text'] is ade['text'] and ade['concept_to_class'] is None
