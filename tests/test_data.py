@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from semivl.core import seed_everything
+from semivl.transforms import normalize_batch
 from semivl.data import (DATASETS, DataError, SemiDataset, build_loader, check_dataset, class_balanced_split,
                          dataset_info, fake_dataset, make_split, official_split_urls, read_split, split_partner,
                          write_split, _coord_image)
@@ -362,3 +363,15 @@ def test_on_error_skip_warns_counts_and_moves_on(voc):
     assert x['img_w'].shape == (3, 32, 32) and ds.skipped == 1
     for p, _ in read_split(voc/'splits'/'1_4'/'unlabeled.txt'): (voc/p).write_bytes(b'garbage')
     with pytest.warns(UserWarning), pytest.raises(DataError, match='every sample listed in'): ds[0]
+
+
+def test_uint8_images_normalised_later_match(fakes):
+    "uint8=True + normalize_batch gives the default float batch (same seed, workers included)"
+    a = _first_batch(fakes['ade'], 3, 2)
+    b = next(iter(build_loader(SemiDataset(fakes['ade'], 'train_u', '1_4', crop=64, uint8=True), 2, num_workers=2, seed=3,
+                               persistent_workers=False)))
+    assert b['img_s1'].dtype == torch.uint8 and b['img_w_other'].dtype == torch.uint8
+    nb = normalize_batch(b)
+    for k in a:
+        if k.startswith('img'): torch.testing.assert_close(nb[k], a[k], atol=1e-5, rtol=0)
+        else: assert torch.equal(nb[k], a[k]), k
