@@ -225,3 +225,29 @@ def test_viewer_notebook_runs_under_papermill_with_widget_state(tmp_path, monkey
     images = [m for m in state.values() if m['model_name'] == 'ImageModel']
     assert len(images) >= 7                                    # the panels, with their PNG bytes, for static HTML
     assert any('image/png' in o.get('data', {}) for c in nb['cells'] for o in c.get('outputs', []))  # mpl fallback
+
+
+@pytest.mark.slow
+def test_toy_world_fresh_student_zero_shot_and_checkpoint(tmp_path):
+    from semivl.viewer import _to_input, toy_segmentor, toy_viewer
+    v = toy_viewer('val')                                     # freshly initialised student
+    assert v.state.model.student is not None and v.n_classes == 11
+    kept = []
+    for t in (0., .2, .4, .6, .8, 1.):
+        v.thresh.value = t; kept.append(int(v.maps['kept'].sum()))
+    assert kept == sorted(kept, reverse=True) and kept[0] == 64 * 64
+    ts = []
+    for t in (.5, .7, .9):
+        t0 = time.perf_counter(); v.mc_thresh.value = t; ts.append(time.perf_counter() - t0)
+    assert max(ts) < .5, ts
+    zs = toy_viewer('val', student=False)                     # the zero-shot CLIP alone
+    np.testing.assert_array_equal(zs.maps['student'], zs.state.maskclip(0, 'single')[1])
+    seg, _, _ = toy_segmentor()                               # a 'trained' model: perturbed decoder weights
+    with torch.no_grad():
+        for p in seg.decode_head.parameters(): p.add_(torch.randn_like(p) * .2)
+    torch.save({'model': seg.state_dict()}, tmp_path/'best.pth')
+    vc = toy_viewer('val', checkpoint=tmp_path/'best.pth')
+    img = vc.state.sample(0)[0]
+    with torch.no_grad(): conf, label = seg(_to_input(img)[None]).softmax(1)[0].max(0)
+    np.testing.assert_allclose(vc.state.student(0, 'single')[0], conf.numpy(), atol=1e-5)
+    assert not np.allclose(vc.state.student(0, 'single')[0], v.state.student(0, 'single')[0])
