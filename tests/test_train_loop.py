@@ -7,6 +7,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -131,3 +132,34 @@ def test_torchrun_two_processes_match_grad_accumulation(tmp_path):
     assert (a['model']['decode_head.cls.weight'] - init['decode_head.cls.weight']).abs().max() > 1e-3  # it trained
     for k, v in a['model'].items():
         torch.testing.assert_close(v, b['model'][k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_toy_world_semivl_smoke(tmp_path):
+    "Data pipeline (uint8 images) + toy segmentor + loop: 2 iterations, an evaluation, checkpoints, logs"
+    import csv
+    import torch.nn.functional as F
+    from torch.utils.data import Subset
+    from semivl.data import build_loader, semi_datasets
+    from semivl.segmentor import ModelCfg, SemiVLSegmentor
+    from semivl.toyclip import create_toy_clip
+    from semivl.toyworld import ensure_toyworld
+    from semivl.train import TrainCfg, load_checkpoint, train
+    torch.manual_seed(0)
+    ds = semi_datasets(ensure_toyworld(), '20', uint8=True)
+    model = SemiVLSegmentor(ModelCfg.preset('toy'), create_toy_clip(), F.normalize(torch.randn(11, 128), dim=-1))
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    lx, lu = (build_loader(ds[k], batch_size=1, num_workers=0) for k in ('train_l', 'train_u'))
+    lv = build_loader(Subset(ds['val'], range(1)), batch_size=1, shuffle=False, num_workers=0)
+    cfg = TrainCfg(epochs=None, iters=2, eval_every=2, eval_crop=64, eval_stride=43, log_every=1)
+    r = train(cfg, model, lx, lu, lv, num_classes=11, out_dir=tmp_path, stop_after=2, progress=False)
+    assert r['iteration'] == 2 and 0 <= r['best_miou'] <= 100
+    rows = list(csv.DictReader(open(tmp_path / 'metrics.csv')))
+    assert [row['it'] for row in rows] == ['1', '2', '2'] and rows[-1]['eval/mIoU'] != ''
+    for row in rows[:2]:
+        for k in ('train/loss', 'train/loss_x', 'train/loss_mc_fp'): assert np.isfinite(float(row[k])), k
+    ck = load_checkpoint(tmp_path / 'best.pt')
+    assert ck['iteration'] == 2 and ck['config']['method'] == 'semivl' and ck['eval']['miou'] == r['best_miou']
+    moved = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert any(n.startswith('backbone.') for n in moved) and any(n.startswith('decode_head.') for n in moved)
+    assert not any(p.requires_grad for p in model.clip_encoder.parameters())
