@@ -30,7 +30,7 @@ SCRIPT = textwrap.dedent('''
         def feats(s, x): return s.backbone.attn(s.backbone.stem(x).relu())
         def head(s, f): return s.decode_head.cls(s.decode_head.ln(f)) * 5
         def forward(s, x): return s.head(s.feats(x))
-        def forward_fp(s, x, fp_keep_masks=None):
+        def forward_fp(s, x, fp_keep_masks=None, p=0.5):
             f = s.feats(x)
             if mode in ('plain', 'slow'): keep = torch.rand(f.shape[:2]) > 0.5     # consumes the global RNG
             else: keep = f.detach().mean((2, 3)) > 0      # rank-independent
