@@ -88,16 +88,23 @@ def _layer_outputs(backbone, idxs):
 def test_backbone_224_runtime_pos_resize(backbone512, golden):
     "224 input: pos-embed 32x32 -> 14x14 at forward; value-path features, E, global embedding, token outputs"
     g = golden('maskclip_backbone_in224')
-    outs, hooks = _layer_outputs(backbone512, (0, 4, 11))
-    with torch.no_grad():
-        (v0, v4, E), glob = backbone512(torch.from_numpy(g['img'].astype(np.float32)))
-    for h in hooks: h.remove()
-    np.testing.assert_allclose(v0.numpy(), g['feat_v0'], rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(v4.numpy(), g['feat_v4'], rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(E.numpy(), g['clip_embed'], rtol=0, atol=1e-5)
-    np.testing.assert_allclose(glob.numpy(), g['global_embed'], rtol=0, atol=1e-5)
-    for i in (0, 4, 11):
-        np.testing.assert_allclose(outs[i].numpy(), g[f'debug_layer{i}_x'], rtol=1e-4, atol=1e-4)
+    img = torch.from_numpy(g['img'].astype(np.float32))
+    for fused in (True, False):     # the default fused blocks, and the official order (open_clip blocks, hooks fire)
+        backbone512.fused = fused
+        outs, hooks = _layer_outputs(backbone512, (0, 4, 11))
+        with torch.no_grad():
+            (v0, v4, E), glob = backbone512(img)
+            (w0, w4, E2), none = backbone512(img, with_global=False)
+        for h in hooks: h.remove()
+        backbone512.fused = True
+        np.testing.assert_allclose(v0.numpy(), g['feat_v0'], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(v4.numpy(), g['feat_v4'], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(E.numpy(), g['clip_embed'], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(glob.numpy(), g['global_embed'], rtol=0, atol=1e-5)
+        assert none is None and all(torch.equal(a, b) for a, b in zip((v0, v4, E), (w0, w4, E2)))
+        if not fused:
+            for i in (0, 4, 11):
+                np.testing.assert_allclose(outs[i].numpy(), g[f'debug_layer{i}_x'], rtol=1e-4, atol=1e-4)
 
 
 def test_backbone_512(backbone512, golden):
