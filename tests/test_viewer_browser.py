@@ -40,7 +40,17 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float):
     raise TimeoutError(f'jupyter lab did not answer at {url} within {timeout}s')
 
 
-def render_viewer(screenshot: Path, timeout: float = 80.) -> dict:
+def _with_params(src: Path, dst: Path, params: dict):
+    "Copy the notebook, with `params` assigned in a cell right after the 'parameters' cell (as papermill does)"
+    import nbformat
+    nb = nbformat.read(src, as_version=4)
+    if params:
+        k = next(i for i, c in enumerate(nb.cells) if 'parameters' in c.metadata.get('tags', []))
+        nb.cells.insert(k + 1, nbformat.v4.new_code_cell('\n'.join(f'{n} = {v!r}' for n, v in params.items())))
+    nbformat.write(nb, dst)
+
+
+def render_viewer(screenshot: Path, timeout: float = 80., params: dict | None = None) -> dict:
     "Serve a copy of nbs/viewer.ipynb, run it in headless chromium, return DOM facts; writes `screenshot`"
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -49,7 +59,7 @@ def render_viewer(screenshot: Path, timeout: float = 80.) -> dict:
     for exe in (CHROMIUM, CHROMEDRIVER):
         assert Path(exe).exists(), f'{exe} is missing: install chromium and chromium-driver (the test is never skipped)'
     work = Path(tempfile.mkdtemp(prefix='semivl-viewer-browser-'))
-    shutil.copy(NB, work/'viewer.ipynb')  # the UI autosaves: never run the repo's copy
+    _with_params(NB, work/'viewer.ipynb', params or {})  # the UI autosaves: never run the repo's copy
     port, token = _free_port(), secrets.token_hex(16)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')]),
                JUPYTER_CONFIG_DIR=str(work/'.jupyter'), JUPYTER_RUNTIME_DIR=str(work/'.runtime'),
@@ -132,5 +142,12 @@ def test_viewer_renders_in_jupyterlab(tmp_path):
 
 
 if __name__ == '__main__':
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else REPO/'nbs'/'images'/'viewer.png')
-    print(render_viewer(out)); print('wrote', out)
+    import argparse
+    ap = argparse.ArgumentParser(description='Regenerate the docs screenshot of the viewer in a real JupyterLab')
+    ap.add_argument('out', nargs='?', default=str(REPO/'nbs'/'images'/'viewer.png'))
+    ap.add_argument('--checkpoint', help='toy training checkpoint (e.g. runs/toyworld-92-semivl-s0/model.pt)')
+    ap.add_argument('--split', default='val')
+    a = ap.parse_args()
+    params = dict(split=a.split, **({'checkpoint': str(Path(a.checkpoint).resolve())} if a.checkpoint else {}))
+    facts = render_viewer(Path(a.out), timeout=240., params=params)
+    print({k: v for k, v in facts.items() if k != 'text'}); print('wrote', a.out)
