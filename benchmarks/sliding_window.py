@@ -81,7 +81,8 @@ def main(args):
                 res = run_variant_subprocess(__file__, n, ['--out', out, '--iters', str(args.iters), '--device',
                                                            args.device, '--threads', str(args.threads)])
                 R = results[n]
-                if 'error' in res or 'skipped' in res: R.update(res); continue
+                if 'error' in res or 'skipped' in res:
+                    R.update(res); print(f'round {r} {n}: {res}', file=sys.stderr, flush=True); continue
                 R['times'] += res['times']; R['firsts'].append(res['first']); R['peaks'].append(res['peak_bytes'])
                 if r == 0: R['out'] = torch.load(out)
                 print(f"round {r} {n}: {[round(t, 2) for t in res['times']]} s", file=sys.stderr, flush=True)

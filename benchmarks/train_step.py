@@ -38,8 +38,12 @@ VARIANTS = {
     'kit+channels_last': ("kit + channels_last decoder (weights and conv inputs)", {}, dict(channels_last=True)),
     'kit+compile': ("kit + torch.compile of backbone, MaskCLIP twin and decoder (inductor)", {}, dict(compile=True)),
     'kit+bf16': ("kit + bf16 autocast (CUDA only)", {}, dict(bf16=True)),
+    'kit+fp_w_only': ("kit + the FP branch decoded for the unlabeled images only (`forward_fp(..., fp_rows=B)`; "
+                      "the official step also decodes the never-used labeled FP logits). Needs a one-line "
+                      "train_step change, emulated here", {}, dict(fp_w_only=True)),
 }
-DEFAULT_VARIANTS = ['faithful', 'faithful+sdpa', 'kit', 'kit+ckpt', 'kit+channels_last', 'kit+compile', 'kit+bf16']
+DEFAULT_VARIANTS = ['faithful', 'faithful+sdpa', 'kit', 'kit+fp_w_only', 'kit+ckpt', 'kit+channels_last',
+                    'kit+compile', 'kit+bf16']
 
 
 def apply_variant(model, opts):
@@ -56,6 +60,12 @@ def apply_variant(model, opts):
         def cl_forward(self, x, w, b): return conv_fwd(self, x.contiguous(memory_format=torch.channels_last), w, b)
         for m in model.decode_head.modules():
             if isinstance(m, torch.nn.Conv2d): m._conv_forward = cl_forward.__get__(m)
+    if opts.get('fp_w_only'):
+        fwd = model.forward_fp
+        def forward_fp(img, fp_keep_masks=None, p=0.5):
+            clean, pert = fwd(img, fp_keep_masks, p, fp_rows=img.shape[0] // 2)
+            return clean, torch.cat([torch.zeros_like(pert), pert])    # train_step uses only the second half
+        model.forward_fp = forward_fp
     if opts.get('compile'):
         for m in (model.backbone, model.clip_encoder, model.decode_head): m.compile()
     ctx = []
@@ -147,7 +157,8 @@ def main(args):
                                                            str(args.crop), '--batch', str(args.batch), '--device',
                                                            args.device, '--threads', str(args.threads)])
                 R = results[n]
-                if 'error' in res or 'skipped' in res: R.update(res); continue
+                if 'error' in res or 'skipped' in res:
+                    R.update(res); print(f'round {r} {n}: {res}', file=sys.stderr, flush=True); continue
                 R['times'] += res['times']; R['firsts'].append(res['first']); R['peaks'].append(res['peak_bytes'])
                 if r == 0: R['outputs'] = torch.load(out)
                 print(f"round {r} {n}: {[round(t, 2) for t in res['times']]} s", file=sys.stderr, flush=True)
