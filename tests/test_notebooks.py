@@ -1,0 +1,76 @@
+"""The user notebooks end to end through papermill: train.ipynb for each method on the toy world (a few
+iterations), evaluate.ipynb on the checkpoint it wrote, and the data error of a real dataset that is not there."""
+import json
+import time
+from pathlib import Path
+
+import papermill as pm
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+NBS = REPO/'nbs'
+TINY = dict(iters=3, batch_size=2, val_limit=6, snapshots=2)   # 3 iterations, two chunks: exercises the resume
+
+
+def _outputs(nb) -> str:
+    "All text printed by the executed notebook"
+    return '\n'.join(o.get('text', '') if isinstance(o.get('text', ''), str) else ''.join(o['text'])
+                     for c in nb.cells if c.cell_type == 'code' for o in c.get('outputs', []) if o.get('name') == 'stdout')
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    "Run train.ipynb once per method; {method: (output notebook, out_dir)}"
+    root = tmp_path_factory.mktemp('train')
+    runs = {}
+    for method in ('supervised', 'unimatch', 'semivl'):
+        out = root/method
+        nb = pm.execute_notebook(str(NBS/'train.ipynb'), str(root/f'{method}.ipynb'), kernel_name='python3',
+                                 parameters=dict(TINY, method=method, out_dir=str(out)), progress_bar=False)
+        runs[method] = (nb, out)
+    return runs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('method', ['supervised', 'unimatch', 'semivl'])
+def test_train_notebook_writes_final_metrics(trained, method):
+    nb, out = trained[method]
+    m = json.loads((out/'metrics.json').read_text())
+    assert m['method'] == method and m['dataset'] == 'toyworld' and m['split'] == '92'
+    assert m['iterations'] == m['total_iters'] == 3 and m['val_images'] == 6
+    assert 0 <= m['miou'] <= 100 and len(m['iou_per_class']) == 11
+    assert f"final mIoU {m['miou']:.2f} ({method}" in _outputs(nb)        # the last cell prints it
+    assert (out/'model.pt').is_file() and (out/'metrics.csv').is_file()
+    rows = (out/'metrics.csv').read_text().splitlines()
+    its = [int(r.split(',')[0]) for r in rows[1:]]
+    assert rows[0].startswith('it,') and its == sorted(set(its)) and its[-1] == 3   # one fresh log, to the end
+    n_png = sum(1 for c in nb.cells for o in c.get('outputs', []) if 'image/png' in o.get('data', {}))
+    assert n_png >= 6     # batch grid, 2 × (curves + snapshot), IoU bars
+    if method == 'semivl': assert 'train/loss_mc_fp' in rows[0]
+    if method == 'supervised': assert 'train/loss_s1' not in rows[0]
+
+
+@pytest.mark.slow
+def test_evaluate_notebook_on_the_trained_checkpoint(trained, tmp_path):
+    _, out = trained['semivl']
+    nb = pm.execute_notebook(str(NBS/'evaluate.ipynb'), str(tmp_path/'eval.ipynb'), kernel_name='python3',
+                             parameters=dict(checkpoint=str(out/'model.pt'), val_limit=6, n_show=2,
+                                             out_dir=str(tmp_path)), progress_bar=False)
+    ev = json.loads((tmp_path/'eval_metrics.json').read_text())
+    tr = json.loads((out/'metrics.json').read_text())
+    assert not ev['official'] and ev['num_images'] == 6 and ev['eval_crop'] == 64
+    assert abs(ev['miou'] - tr['miou']) < 0.05, (ev['miou'], tr['miou'])   # same weights, same protocol
+    assert f"final mIoU {ev['miou']:.2f}" in _outputs(nb)
+
+
+@pytest.mark.slow
+def test_real_dataset_without_data_fails_at_once_with_instructions(tmp_path):
+    t0 = time.time()
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        pm.execute_notebook(str(NBS/'train.ipynb'), str(tmp_path/'voc.ipynb'), kernel_name='python3',
+                            parameters=dict(dataset='voc', data_root=str(tmp_path/'no_voc')), progress_bar=False)
+    msg = str(e.value)
+    assert 'DataError' in msg and 'data_scripts/convert_voc_sbd.py' in msg and 'data_scripts/fetch_splits.py' in msg
+    assert str(tmp_path/'no_voc'/'splits'/'92'/'labeled.txt') in msg and 'JPEGImages' in msg
+    assert e.value.exec_count == 3      # the first code cell after the parameters (and papermill's injected one)
+    assert time.time() - t0 < 60
