@@ -269,7 +269,7 @@ def fake_dataset(root: str | Path, # folder to write into
                                                      'palette': color_palette(11).tolist(), 'ignore_index': 255}))
     return root
 
-# %% ../nbs/03_data.ipynb #66eb3375
+# %% ../nbs/03_data.ipynb #5fb10f19
 MODES = ('train_l', 'train_u', 'val')
 
 class SemiDataset(Dataset):
@@ -283,7 +283,7 @@ class SemiDataset(Dataset):
                  ratio_range: tuple = (0.5, 2.0), # random rescale range
                  partner: bool = True, # train_u: add the independently augmented mix-partner view (`*_other`)
                  check_files: bool = True, # check at once that every listed file exists
-                 on_error: str = 'raise', # a bad file met while loading: 'raise', or 'skip' (warn, count, load the next sample)
+                 on_error: str = 'raise', # a bad file met while loading: 'raise', or 'skip' (warn, count, load the next sample; samples get 'n_skipped')
                  uint8: bool = False, # return images as uint8 (3,H,W) tensors, to normalise on the GPU with `normalize_batch`
                 ):
         if mode not in MODES: raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -325,7 +325,10 @@ class SemiDataset(Dataset):
 
     def __getitem__(self, i):
         for k in range(len(self)):
-            try: return self._sample((i + k) % len(self))
+            try:
+                out = self._sample((i + k) % len(self))
+                if self.on_error == 'skip': out['n_skipped'] = k   # bad files replaced by this sample (the loop counts them)
+                return out
             except DataError as e:
                 if self.on_error == 'raise': raise
                 self.skipped += 1

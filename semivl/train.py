@@ -15,12 +15,13 @@ from .losses import (clip_guidance_loss, confidence_weighted_loss, cutmix_img_, 
                            pixel_ce, pseudo_labels, semivl_total_loss, supervised_ce)
 
 # %% auto #0
-__all__ = ['METHODS', 'TRAIN_PRESETS', 'LABELED_KEYS', 'UNLABELED_KEYS', 'TrainCfg', 'train_step', 'custom_keys',
-           'match_custom_key', 'param_groups', 'PolyLR', 'build_optimizer', 'rng_states', 'set_rng_states',
-           'save_checkpoint', 'load_checkpoint', 'dist_info', 'init_distributed', 'average_gradients', 'MetricLog',
-           'schedule_length', 'train']
+__all__ = ['METHODS', 'TRAIN_PRESETS', 'LABELED_KEYS', 'UNLABELED_KEYS', 'CONF_MODES', 'MCC_REDUCE', 'OOM_HINT', 'TrainCfg',
+           'train_step', 'custom_keys', 'match_custom_key', 'param_groups', 'PolyLR', 'build_optimizer', 'rng_states',
+           'set_rng_states', 'CheckpointError', 'prev_path', 'checksum_path', 'file_sha256', 'save_checkpoint',
+           'load_checkpoint', 'dist_info', 'init_distributed', 'average_gradients', 'MetricLog', 'schedule_length',
+           'ConfigError', 'check_train_cfg', 'validate', 'NonFiniteLossError', 'TrainingInterrupted', 'train']
 
-# %% ../nbs/10_train.ipynb #10c0b406
+# %% ../nbs/10_train.ipynb #51303c1c
 METHODS = ('supervised', 'unimatch', 'semivl')
 
 @dataclass
@@ -59,6 +60,8 @@ class TrainCfg(Cfg):
     eval_stride: int | None = 426
     log_every: int = 20
     seed: int = 0
+    # --- guards
+    max_bad_steps: int = 10           # consecutive non-finite steps (loss or gradients) skipped before training stops
 
     @classmethod
     def preset(cls, name: str):
@@ -223,37 +226,145 @@ def build_optimizer(model: nn.Module, cfg: TrainCfg):
         opt, PolyLR(cfg.total_iters, cfg.poly_power, cfg.warmup_iters, cfg.warmup_ratio, cfg.lr_lag))
     return opt, sched
 
-# %% ../nbs/10_train.ipynb #0d22e90c
-import contextlib, csv, os, random, time, warnings
+# %% ../nbs/10_train.ipynb #e902ed8f
+import contextlib, csv, errno, hashlib, os, pickle, random, signal, sys, tempfile, threading, time, warnings
 from pathlib import Path
 
 import numpy as np
 import torch.distributed as dist
 
 def rng_states() -> dict:
-    "RNG states of python `random`, numpy, torch CPU and all CUDA devices"
-    return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
+    "RNG states of python `random`, numpy, torch CPU and all CUDA devices (tensors and plain numbers only)"
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return dict(python=random.getstate(), torch=torch.get_rng_state(),
+                numpy=dict(kind=kind, keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos),
+                           has_gauss=int(has_gauss), gauss=float(gauss)),
                 cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
 
 def set_rng_states(s: dict):
     "Restore what `rng_states` returned"
-    random.setstate(s['python']); np.random.set_state(s['numpy']); torch.set_rng_state(s['torch'])
+    random.setstate(s['python']); torch.set_rng_state(s['torch'])
+    n = s['numpy']
+    if isinstance(n, dict): n = (n['kind'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['gauss'])
+    np.random.set_state(n)
     if s.get('cuda') and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
 
-def save_checkpoint(path: str | Path, # destination file
-                    state: dict,      # anything `torch.save` can write
-                   ) -> Path:
-    "Write `state` atomically: temp file in the same folder, fsync, then `os.replace`"
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+# %% ../nbs/10_train.ipynb #85f365bb
+class CheckpointError(RuntimeError):
+    "A checkpoint that cannot be written, or cannot be trusted on load (truncated, corrupt, holding code)"
+
+def prev_path(path: str | Path) -> Path:
+    "Where `save_checkpoint(keep_prev=True)` keeps the previous file: `last.pt` -> `last.prev.pt`"
+    path = Path(path); return path.with_name(f'{path.stem}.prev{path.suffix}')
+
+def checksum_path(path: str | Path) -> Path:
+    "The checksum sidecar of a checkpoint: `last.pt` -> `last.pt.sha256`"
+    path = Path(path); return path.with_name(path.name + '.sha256')
+
+def file_sha256(path: str | Path) -> str:
+    "Hex sha256 of a file's bytes"
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 22), b''): h.update(chunk)
+    return h.hexdigest()
+
+def _read_sidecar(path: Path) -> str | None:
+    side = checksum_path(path)
+    if not side.exists(): return None
+    return side.read_text().split()[0] if side.read_text().strip() else ''
+
+def _write_durable(path: Path, data: bytes):
+    "Write `data` to `path` via a temp file + fsync + rename"
     tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    with open(tmp, 'wb') as f:
-        torch.save(state, f); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, 'wb') as f: f.write(data); f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(OSError): tmp.unlink(missing_ok=True)
+
+class _HashingWriter:
+    "File wrapper that hashes what `torch.save` writes through it"
+    def __init__(self, f): self.f, self.h = f, hashlib.sha256()
+    def write(self, b):
+        self.h.update(b); return self.f.write(b)
+    def flush(self): self.f.flush()
+
+# %% ../nbs/10_train.ipynb #609f4ead
+def save_checkpoint(path: str | Path, # destination file
+                    state: dict,      # tensors, numbers, strings and containers of them (loadable with weights_only)
+                    keep_prev: bool = False, # keep the file being replaced as `prev_path(path)`
+                   ) -> Path:
+    "Write `state` atomically with a sha256 sidecar; the previous file stays valid if anything fails"
+    path = Path(path)
+    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
+    side_tmp = path.with_name(f'.{path.name}.sha256.tmp{os.getpid()}')
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, 'wb') as f:
+            w = _HashingWriter(f); torch.save(state, w); f.flush(); os.fsync(f.fileno())
+        with open(side_tmp, 'w') as f: f.write(f'{w.h.hexdigest()}  {path.name}\n'); f.flush(); os.fsync(f.fileno())
+        if keep_prev and path.exists():
+            prev, old = prev_path(path), _read_sidecar(path)
+            if old: _write_durable(checksum_path(prev), f'{old}  {prev.name}\n'.encode())
+            else: checksum_path(prev).unlink(missing_ok=True)
+            os.replace(path, prev)
+        os.replace(tmp, path); os.replace(side_tmp, checksum_path(path))
+        with contextlib.suppress(OSError):            # make the renames themselves durable
+            fd = os.open(path.parent, os.O_RDONLY); os.fsync(fd); os.close(fd)
+    except OSError as e:
+        what = {errno.ENOSPC: 'no space left on the device', errno.EDQUOT: 'disk quota exceeded',
+                errno.EROFS: 'the file system is read-only', errno.EACCES: 'permission denied'}.get(e.errno, str(e))
+        intact = f"; the previous {path.name} is intact" if path.exists() else ''
+        raise CheckpointError(f"could not write checkpoint {path}: {what}{intact}. Free space or choose another "
+                              f"out_dir, then resume.") from e
+    finally:
+        for t in (tmp, side_tmp):
+            with contextlib.suppress(OSError): t.unlink(missing_ok=True)   # (a read-only folder refuses even this)
     return path
 
-def load_checkpoint(path: str | Path, map_location='cpu') -> dict:
-    "Read a checkpoint written by `save_checkpoint` (it holds RNG states, hence `weights_only=False`)"
-    return torch.load(path, map_location=map_location, weights_only=False)
+# %% ../nbs/10_train.ipynb #f4b3c9af
+def _load_one(path: Path, map_location, trusted: bool) -> dict:
+    if not path.exists(): raise FileNotFoundError(f"checkpoint not found: {path}")
+    want = _read_sidecar(path)
+    if want is not None:
+        got = file_sha256(path)
+        if got != want:
+            raise CheckpointError(f"checkpoint {path} is corrupt or truncated: its sha256 {got[:12]}… does not match "
+                                  f"{want[:12] or '(empty)'}… in {checksum_path(path).name} ({path.stat().st_size} bytes)")
+    try: return torch.load(path, map_location=map_location, weights_only=not trusted)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        detail = next((l.strip() for l in msg.split('WeightsUnpickler error:')[-1].splitlines() if l.strip()),
+                      type(e).__name__)[:200]
+        if 'GLOBAL' not in msg:                      # not a refused class/function: a broken or exotic pickle
+            raise CheckpointError(f"cannot read checkpoint {path}: truncated, or not a file of tensors and plain "
+                                  f"containers ({detail}); nothing in it was run") from None
+        raise CheckpointError(f"refusing to load {path}: it holds Python objects other than tensors and plain "
+                              f"containers, and unpickling them could run code ({detail}). Load it with "
+                              f"torch.load(weights_only=False) only if you trust its source.") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: truncated or not a torch file "
+                              f"({(str(e).splitlines() or [type(e).__name__])[0][:160]})") from None
+
+def load_checkpoint(path: str | Path,  # a file written by `save_checkpoint` (or any torch state file)
+                    map_location='cpu',
+                    fallback: bool = False, # if `path` is bad, load its intact `.prev` file (with a warning)
+                    trusted: bool = False,  # allow arbitrary pickled objects (runs code!): only for your own old files
+                   ) -> dict:
+    "Read a checkpoint without executing code, after checking its checksum; offers the previous file if it is bad"
+    path = Path(path)
+    try: return _load_one(path, map_location, trusted)
+    except (CheckpointError, FileNotFoundError) as e:
+        prev = prev_path(path)
+        if not prev.exists() or (isinstance(e, FileNotFoundError) and not fallback): raise
+        try: ck = _load_one(prev, map_location, trusted)
+        except CheckpointError as e2: raise CheckpointError(f"{e}\nThe previous checkpoint is bad too: {e2}") from None
+        it = f" (iteration {ck['iteration']})" if isinstance(ck, dict) and 'iteration' in ck else ''
+        if not fallback:
+            raise CheckpointError(f"{e}\nThe previous checkpoint {prev}{it} is intact: load it with "
+                                  f"load_checkpoint(..., fallback=True) or rename it to {path.name}.") from None
+        warnings.warn(f"{e}\nLoaded the previous checkpoint {prev}{it} instead.")
+        return ck
 
 # %% ../nbs/10_train.ipynb #bfdfdbb8
 def dist_info() -> tuple[int, int]:
@@ -280,7 +391,7 @@ def average_gradients(params):
         if p.grad is None: p.grad = torch.zeros_like(p)
         dist.all_reduce(p.grad); p.grad /= world
 
-# %% ../nbs/10_train.ipynb #a122c6be
+# %% ../nbs/10_train.ipynb #3c2581f9
 class MetricLog:
     "CSV + TensorBoard scalars (rank 0 only; a no-op elsewhere)"
     def __init__(self, out_dir: str | Path, enabled: bool = True, tensorboard: bool = True):
@@ -290,16 +401,24 @@ class MetricLog:
             from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(str(Path(out_dir) / 'tb'))
     def log(self, it: int, **scalars):
-        "Append `scalars` at iteration `it`"
+        "Append `scalars` at iteration `it` (a full disk costs log rows, with a warning, never the run)"
         if not self.enabled: return
+        try: self._write(it, scalars)
+        except OSError as e: warnings.warn(f"could not write metrics at iteration {it} to {self.path.parent}: {e}")
+    def _write(self, it, scalars):
         rows = list(csv.DictReader(open(self.path))) if self.path.exists() else []
         row = {'it': it, **{k: (f'{v:.6g}' if isinstance(v, float) else v) for k, v in scalars.items()}}
         keys = list(dict.fromkeys([k for r in rows for k in r] + list(row)))
         if rows and keys == list(rows[0]):
             with open(self.path, 'a', newline='') as f: csv.DictWriter(f, keys).writerow(row)
-        else:
-            with open(self.path, 'w', newline='') as f:
-                w = csv.DictWriter(f, keys); w.writeheader(); w.writerows(rows + [row])
+        else:                                      # new columns: rewrite via a temp file (never truncate the log)
+            tmp = self.path.with_name('.metrics.csv.tmp')
+            try:
+                with open(tmp, 'w', newline='') as f:
+                    w = csv.DictWriter(f, keys); w.writeheader(); w.writerows(rows + [row])
+                os.replace(tmp, self.path)
+            finally:
+                with contextlib.suppress(OSError): tmp.unlink(missing_ok=True)
         if self.tb is not None:
             for k, v in scalars.items():
                 if isinstance(v, (int, float)): self.tb.add_scalar(k, v, it)
@@ -328,8 +447,213 @@ def schedule_length(cfg: TrainCfg, iters_per_epoch: int) -> tuple[int, int]:
     else: raise ValueError("set cfg.epochs or cfg.iters")
     return epochs, epochs * iters_per_epoch
 
-# %% ../nbs/10_train.ipynb #94b53756
+# %% ../nbs/10_train.ipynb #3c5b8e6d
+class ConfigError(ValueError):
+    "Settings that cannot work together; the message lists every problem found"
+
+CONF_MODES = ('pixelwise', 'pixelratio', 'pixelavg')
+MCC_REDUCE = ('mean_all', 'mean_valid', 'mean')
+
+def _train_cfg_problems(cfg: TrainCfg) -> list[str]:
+    from semivl.evaluate import EVAL_MODES
+    P, c = [], cfg
+    def need(ok, msg):
+        if not ok: P.append(msg)
+    need(c.method in METHODS, f"method {c.method!r} is not one of {METHODS}")
+    need(c.conf_mode in CONF_MODES, f"conf_mode {c.conf_mode!r} is not one of {CONF_MODES}")
+    need(c.mcc_loss_reduce in MCC_REDUCE, f"mcc_loss_reduce {c.mcc_loss_reduce!r} is not one of {MCC_REDUCE}")
+    need(c.eval_mode in EVAL_MODES, f"eval_mode {c.eval_mode!r} is not one of {EVAL_MODES}")
+    need(0 <= c.conf_thresh <= 1, f"conf_thresh {c.conf_thresh} must be in [0, 1]")
+    need(0 <= c.mcc_conf_thresh <= 1, f"mcc_conf_thresh {c.mcc_conf_thresh} must be in [0, 1]")
+    need(0 <= c.fp_rate < 1, f"fp_rate {c.fp_rate} must be in [0, 1)")
+    need(c.lr > 0 and math.isfinite(c.lr), f"lr {c.lr} must be a positive number")
+    need(c.weight_decay >= 0, f"weight_decay {c.weight_decay} must be >= 0")
+    need(all(0 <= b < 1 for b in c.betas), f"betas {c.betas} must be in [0, 1)")
+    need(c.batch_size >= 1, f"batch_size {c.batch_size} must be >= 1")
+    need(c.grad_accum >= 1, f"grad_accum {c.grad_accum} must be >= 1")
+    need(c.epochs is not None or c.iters is not None, "set epochs or iters")
+    need(c.epochs is None or c.epochs >= 1, f"epochs {c.epochs} must be >= 1")
+    need(c.iters is None or c.iters >= 1, f"iters {c.iters} must be >= 1")
+    need(c.warmup_iters >= 0, f"warmup_iters {c.warmup_iters} must be >= 0")
+    need(c.log_every >= 1, f"log_every {c.log_every} must be >= 1")
+    need(c.eval_every is None or c.eval_every >= 1, f"eval_every {c.eval_every} must be >= 1")
+    need(c.eval_crop >= 1, f"eval_crop {c.eval_crop} must be >= 1")
+    need(c.eval_stride is None or 1 <= c.eval_stride <= c.eval_crop,
+         f"eval_stride {c.eval_stride} must be in [1, eval_crop={c.eval_crop}] (a larger stride leaves pixels unpredicted)")
+    need(c.max_bad_steps >= 0, f"max_bad_steps {c.max_bad_steps} must be >= 0")
+    return P
+
+def _raise_problems(problems: list[str], what: str = 'configuration'):
+    if problems:
+        raise ConfigError(f"invalid {what} ({len(problems)} problem{'s' * (len(problems) > 1)}):\n" +
+                          '\n'.join(f'  - {p}' for p in problems))
+
+def check_train_cfg(cfg: TrainCfg):
+    "Raise `ConfigError` listing every out-of-range or unknown value of `cfg`"
+    _raise_problems(_train_cfg_problems(cfg))
+
+# %% ../nbs/10_train.ipynb #9b82bc38
+def _check_writable(out_dir: Path):
+    "Raise `CheckpointError` now if checkpoints could not be written to `out_dir`"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out_dir, prefix='.write_test'): pass
+    except OSError as e:
+        raise CheckpointError(f"output folder {out_dir} is not writable ({e.strerror}); choose another out_dir") from None
+
+def _cfg_from(cfg, problems: list) -> TrainCfg:
+    "A `TrainCfg` from a TrainCfg or a dict, collecting every unknown key / wrong type"
+    if cfg is None: return TrainCfg()
+    if isinstance(cfg, TrainCfg): return cfg
+    out = TrainCfg()
+    for k, v in dict(cfg).items():
+        try: out = out.update(**{k: v})
+        except (KeyError, TypeError) as e: problems.append(str(e).strip('"'))
+    return out
+
+def _checkpoint_classes(ck: dict) -> int | None:
+    "Class count a checkpoint records (ours: `num_classes`; the train notebook's model.pt: `model_cfg`)"
+    if not isinstance(ck, dict): return None
+    if ck.get('num_classes') is not None: return int(ck['num_classes'])
+    mc = ck.get('model_cfg')
+    return int(mc['num_classes']) if isinstance(mc, dict) and 'num_classes' in mc else None
+
+def _max_rescaled_side(info, w: int, h: int, ratio_max: float) -> int:
+    from semivl.transforms import longside_rescale_size, mmseg_rescale_size
+    if info.rescale == 'mmseg': return max(mmseg_rescale_size(w, h, ratio_max, info.img_scale))
+    return int(max(w, h) * ratio_max)
+
+# %% ../nbs/10_train.ipynb #8f1b3245
+def validate(cfg: TrainCfg | dict | None = None, # training config, or a dict of its settings (keys/types checked)
+             model_cfg=None,                     # `ModelCfg` (or a dict) with num_classes and crop_size
+             data_root: str | Path | None = None, # dataset folder
+             split: str | None = None,           # labeled split: data_root/splits/<split>/{labeled,unlabeled}.txt
+             info=None,                          # `DatasetInfo` or preset name (default: `dataset_info(data_root)`)
+             text=None,                          # text embeddings (N, D), or the dict of `semivl.text.dataset_text`
+             checkpoint: str | Path | None = None, # a checkpoint to resume or start from
+             out_dir: str | Path | None = None,  # where checkpoints will be written
+             check_data: bool | int = False,     # read every listed file (True) or the first n (an int)
+             ratio_range: tuple = (0.5, 2.0),    # the datasets' random rescale range
+            ) -> TrainCfg:
+    "Check a run's settings together before any work; raises one `ConfigError` listing every problem"
+    from PIL import Image
+    from semivl.data import DataError, DatasetInfo, check_dataset, dataset_info, read_split
+    P = []
+    cfg = _cfg_from(cfg, P)
+    P += _train_cfg_problems(cfg)
+    counts = {}                                   # source -> class count
+    if model_cfg is not None:
+        mc = model_cfg if isinstance(model_cfg, dict) else vars(model_cfg)
+        if 'num_classes' in mc: counts['model_cfg.num_classes'] = mc['num_classes']
+        crop = mc.get('crop_size')
+        if crop is not None and crop < 1: P.append(f"model_cfg.crop_size {crop} must be >= 1")
+    else: crop = None
+    if text is not None:
+        t = text['text'] if isinstance(text, dict) else text
+        counts['text embeddings'] = int(t.shape[0])
+        if isinstance(text, dict) and text.get('concept_to_class') is not None:
+            c2c = torch.as_tensor(text['concept_to_class'])
+            if len(c2c) and int(c2c.max()) >= t.shape[0]:
+                P.append(f"concept_to_class maps to class {int(c2c.max())} but there are {t.shape[0]} text embeddings")
+    if checkpoint is not None:
+        try:
+            n = _checkpoint_classes(load_checkpoint(checkpoint))
+            if n is not None: counts[f'checkpoint {Path(checkpoint).name}'] = n
+        except (CheckpointError, FileNotFoundError) as e: P.append(str(e))
+    if data_root is not None or info is not None:
+        try:
+            info = info if isinstance(info, DatasetInfo) else dataset_info(info if info is not None else data_root)
+            counts[f'dataset {info.name}'] = info.nclass
+        except DataError as e: P.append(str(e)); info = None
+    if data_root is not None and info is not None:
+        root = Path(data_root).expanduser()
+        files = [root / 'splits' / 'val.txt']
+        if split is not None:
+            sdir = root / 'splits' / str(split)
+            files = [sdir / 'labeled.txt', sdir / 'unlabeled.txt'] + files
+            if not sdir.is_dir():
+                have = sorted(p.name for p in (root / 'splits').iterdir() if p.is_dir()) if (root / 'splits').is_dir() else []
+                P.append(f"split {split!r} not found in {root / 'splits'}; splits there: {have or 'none'}")
+                files = files[2:]
+        for f in files:
+            if not f.is_file(): P.append(f"split file missing: {f}"); continue
+        crop = crop or info.crop
+        lab = files[0] if files and files[0].name == 'labeled.txt' and files[0].is_file() else None
+        if lab is not None and crop:
+            try:
+                sides = []
+                for ip, _ in read_split(lab)[:8]:
+                    with Image.open(root / ip) as im: sides.append(_max_rescaled_side(info, *im.size, max(ratio_range)))
+                if sides and crop > max(sides):
+                    P.append(f"crop {crop} is larger than every sampled training image even at the largest rescale "
+                             f"(at most {max(sides)} px): each crop would be mostly padding; lower crop_size")
+            except (DataError, OSError) as e: P.append(f"cannot read the images of {lab}: {e}")
+        if check_data:
+            rep = check_dataset(root, info, split_files=[f for f in files if f.is_file()],
+                                max_files=None if check_data is True else int(check_data), progress=False)
+            P += [f"data: {p}" for p in rep.problems[:20]]
+            if len(rep.problems) > 20: P.append(f"data: ... {len(rep.problems) - 20} more bad files")
+    if len(set(counts.values())) > 1:
+        P.append("class counts disagree: " + ', '.join(f'{k} {v}' for k, v in counts.items()))
+    if out_dir is not None:
+        try: _check_writable(Path(out_dir))
+        except CheckpointError as e: P.append(str(e))
+    _raise_problems(P)
+    return cfg
+
+# %% ../nbs/10_train.ipynb #13da9878
+class NonFiniteLossError(RuntimeError):
+    "Training stopped after too many consecutive steps with NaN/inf loss or gradients"
+
+class TrainingInterrupted(KeyboardInterrupt):
+    "Ctrl-C during `train`: a resumable checkpoint was saved first"
+
+OOM_HINT = ("Settings that use less memory, with the memory each needs, are in the memory table of "
+            "benchmarks/README.md: a smaller batch_size with grad_accum to keep the effective batch, amp_bf16=True, "
+            "ModelCfg(grad_checkpointing=True), or a smaller crop_size.")
+
+class _StopSignals:
+    "Turn SIGINT/SIGTERM into a flag that the loop reads between iterations (main thread only)"
+    def __init__(self, enabled: bool = True): self.enabled, self.caught, self.old = enabled, None, {}
+    def __enter__(self):
+        if self.enabled and threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM): self.old[s] = signal.signal(s, self._handle)
+        return self
+    def _handle(self, signum, frame):
+        if self.caught is not None:                  # a second signal: stop now
+            self.__exit__()
+            if signum == signal.SIGINT: raise KeyboardInterrupt
+            raise SystemExit(128 + signum)
+        self.caught = signum
+        print(f"\n{signal.Signals(signum).name} received: saving a checkpoint after this iteration "
+              f"(send it again to stop at once)", file=sys.stderr, flush=True)
+    def __exit__(self, *exc):
+        for s, h in self.old.items(): signal.signal(s, h)
+        self.old = {}
+
+# %% ../nbs/10_train.ipynb #dda8e662
 def _to_float(v): return v.item() if torch.is_tensor(v) else float(v)
+
+def _grad_norm(params) -> Tensor:
+    grads = [p.grad for p in params if p.grad is not None]
+    return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+
+def _resume(ck_path: Path, device, rank: int, world: int) -> dict:
+    "Load `last.pt`, falling back to an intact `last.prev.pt` (the bad file is set aside as `*.corrupt`)"
+    try: return load_checkpoint(ck_path, map_location=device)
+    except CheckpointError as e:
+        if not prev_path(ck_path).exists(): raise
+        ck = load_checkpoint(ck_path, map_location=device, fallback=True)
+        if world > 1: dist.barrier()
+        if rank == 0:
+            for p in (ck_path, checksum_path(ck_path)):
+                if p.exists(): os.replace(p, p.with_name(p.name + '.corrupt'))
+        return ck
+
+def _count_skipped(batch) -> int:
+    "Samples a `SemiDataset(on_error='skip')` replaced in this batch"
+    if isinstance(batch, dict) and 'n_skipped' in batch: return int(torch.as_tensor(batch['n_skipped']).sum())
+    return 0
 
 def train(cfg: TrainCfg,
           model: nn.Module,          # segmentor, already on `device`
@@ -343,27 +667,39 @@ def train(cfg: TrainCfg,
           stop_after: int | None = None, # stop (after checkpointing) at this iteration, e.g. for a smoke test
           progress: bool = True,     # tqdm bar (rank 0)
           class_names: list[str] | None = None,
+          handle_signals: bool = True, # Ctrl-C / SIGTERM save a resumable checkpoint before stopping
          ) -> dict:
-    "Train `model` with `cfg`; returns `{'iteration', 'best_miou', 'last_miou', 'out_dir'}`"
+    "Train `model` with `cfg`; returns `{'iteration', 'best_miou', 'last_miou', 'out_dir', 'skipped_steps', ...}`"
     from tqdm.auto import tqdm
     from semivl.evaluate import evaluate
     from semivl.transforms import normalize_batch
+    check_train_cfg(cfg)
     out_dir = Path(out_dir)
     rank, world = dist_info()
+    if rank == 0: _check_writable(out_dir)
     device = next(model.parameters()).device
     main_loader = loader_x if cfg.method == 'supervised' else loader_u
+    if main_loader is None: raise ConfigError(f"method {cfg.method!r} needs loader_u (unlabeled batches)")
     ipe = len(main_loader) // cfg.grad_accum
     if ipe == 0: raise ValueError(f"loader has {len(main_loader)} batches < grad_accum {cfg.grad_accum}")
+    if val_loader is not None and num_classes is None: raise ConfigError("val_loader given without num_classes")
     epochs, total = schedule_length(cfg, ipe)
     cfg = cfg.update(total_iters=total)
     opt, sched = build_optimizer(model, cfg)
     params = [p for g in opt.param_groups for p in g['params']]
-    it, best, last_miou, resumed_rng = 0, -1.0, None, None
+    it, best, last_miou, resumed_rng, n_bad_total, n_data_skipped = 0, -1.0, None, None, 0, 0
     ck_path = out_dir / 'last.pt'
-    if resume and ck_path.exists():
-        ck = load_checkpoint(ck_path, map_location=device)
+    if resume and (ck_path.exists() or prev_path(ck_path).exists()):
+        ck = _resume(ck_path, device, rank, world)
+        if num_classes is not None and ck.get('num_classes') not in (None, num_classes):
+            raise ConfigError(f"{ck_path} was trained with {ck['num_classes']} classes, this run has {num_classes}")
+        changed = {k: (v, getattr(cfg, k)) for k, v in ck.get('config', {}).items()
+                   if k != 'total_iters' and hasattr(cfg, k) and v != getattr(cfg, k)
+                   and not (isinstance(v, (list, tuple)) and tuple(v) == tuple(getattr(cfg, k)))}
+        if changed: warnings.warn(f"resuming {ck_path} with a changed config (saved → now): {changed}")
         model.load_state_dict(ck['model']); opt.load_state_dict(ck['optimizer']); sched.load_state_dict(ck['scheduler'])
         it, best, last_miou = ck['iteration'], ck['best_miou'], ck.get('last_miou')
+        n_bad_total, n_data_skipped = ck.get('skipped_steps', 0), ck.get('data_skipped', 0)
         resumed_rng = ck['rng'][rank] if len(ck['rng']) == world else ck['rng'][0]
     amp = cfg.amp_bf16 and device.type == 'cuda'
     if cfg.amp_bf16 and not amp: warnings.warn("amp_bf16 needs CUDA; training in float32")
@@ -375,57 +711,115 @@ def train(cfg: TrainCfg,
         if world > 1: dist.all_gather_object(rngs, rng_states())
         else: rngs = [rng_states()]
         return dict(model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(), iteration=it,
-                    best_miou=best, last_miou=last_miou, rng=rngs, config=cfg.to_dict(), **extra)
+                    best_miou=best, last_miou=last_miou, rng=rngs, config=cfg.to_dict(), num_classes=num_classes,
+                    class_names=list(class_names) if class_names is not None else None,
+                    skipped_steps=n_bad_total, data_skipped=n_data_skipped, **extra)
 
     def checkpoint(name='last.pt', **extra):
         s = state(**extra)                       # collective: every rank takes part
-        if rank == 0: save_checkpoint(out_dir / name, s)
+        if rank == 0: save_checkpoint(out_dir / name, s, keep_prev=name == 'last.pt')
 
     def run_eval():
-        r = evaluate(model, val_loader, num_classes, cfg.eval_mode, cfg.eval_crop, cfg.eval_stride,
-                     device=device, class_names=class_names)
-        return r
+        return evaluate(model, val_loader, num_classes, cfg.eval_mode, cfg.eval_crop, cfg.eval_stride,
+                        device=device, class_names=class_names)
+
+    def stop_requested(sig) -> bool:
+        if world == 1: return sig.caught is not None
+        flag = torch.tensor([float(sig.caught or 0)], device=device if dist.get_backend() == 'nccl' else 'cpu')
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and sig.caught is None: sig.caught = int(flag.item())
+        return bool(flag.item())
 
     bar = tqdm(total=total, initial=it, disable=not progress or rank != 0, desc=cfg.method)
-    sums, n_sum, t0, postfix = {}, 0, time.time(), {}
-    for epoch in range(it // ipe, epochs):
-        bx_iter = _batches(loader_x, cfg.seed, epoch)
-        bu_iter = _batches(loader_u, cfg.seed + 1, epoch) if loader_u is not None else None
-        skip = (it - epoch * ipe) * cfg.grad_accum
-        for _ in range(skip):                    # replay the interrupted epoch's batches
-            next(bx_iter); bu_iter is not None and next(bu_iter)
-        if resumed_rng is not None: set_rng_states(resumed_rng); resumed_rng = None
-        while it < (epoch + 1) * ipe:
-            opt.zero_grad(set_to_none=True)
-            for _ in range(cfg.grad_accum):
-                bx, bu = next(bx_iter), (next(bu_iter) if bu_iter is not None else None)
-                bx, bu = [normalize_batch(b, device) if isinstance(b, dict) else b for b in (bx, bu)]
-                with autocast():
-                    out = train_step(model, bx, bu, None, it, cfg)
-                (out['loss'] / cfg.grad_accum).backward()
-                for k, v in out.items(): sums[k] = sums.get(k, 0.0) + _to_float(v) / cfg.grad_accum
-            average_gradients(params)
-            opt.step(); sched.step(); it += 1; n_sum += 1
-            bar.update(1)
-            end_of_epoch = it == (epoch + 1) * ipe
-            if it % cfg.log_every == 0 or end_of_epoch:
-                avg = {f'train/{k}': v / n_sum for k, v in sums.items()}
-                dt = (time.time() - t0) / n_sum
-                log.log(it, epoch=epoch, lr=opt.param_groups[-1]['lr'], s_per_iter=dt, **avg)
-                postfix['loss'] = f"{avg['train/loss']:.3f}"; bar.set_postfix(postfix)
-                sums, n_sum, t0 = {}, 0, time.time()
-            if val_loader is not None and ((cfg.eval_every and it % cfg.eval_every == 0) or
-                                           (not cfg.eval_every and end_of_epoch) or it == total):
-                r = run_eval(); last_miou = r['miou']
-                log.log(it, **{'eval/mIoU': r['miou'], **{f'eval/IoU_{c}': v for c, v in
-                                                          zip(class_names or range(num_classes), r['iou'])}})
-                if last_miou > best:
-                    best = last_miou; checkpoint('best.pt', eval=r)
-                checkpoint('last.pt')
-                postfix['mIoU'] = f'{last_miou:.1f}'; bar.set_postfix(postfix)
-            elif (ckpt_every and it % ckpt_every == 0) or end_of_epoch or it == total:
-                checkpoint('last.pt')
+    sums, n_sum, t0, postfix, n_bad = {}, 0, time.time(), {}, 0
+    with _StopSignals(handle_signals) as sig:
+        for epoch in range(it // ipe, epochs):
+            bx_iter = _batches(loader_x, cfg.seed, epoch)
+            bu_iter = _batches(loader_u, cfg.seed + 1, epoch) if loader_u is not None else None
+            skip = (it - epoch * ipe) * cfg.grad_accum
+            for _ in range(skip):                    # replay the interrupted epoch's batches
+                next(bx_iter); bu_iter is not None and next(bu_iter)
+            if resumed_rng is not None: set_rng_states(resumed_rng); resumed_rng = None
+            while it < (epoch + 1) * ipe:
+                opt.zero_grad(set_to_none=True)
+                step = {}
+                try:
+                    for _ in range(cfg.grad_accum):
+                        bx, bu = next(bx_iter), (next(bu_iter) if bu_iter is not None else None)
+                        n_data_skipped += _count_skipped(bx) + _count_skipped(bu)
+                        bx, bu = [normalize_batch(b, device) if isinstance(b, dict) else b for b in (bx, bu)]
+                        with autocast():
+                            out = train_step(model, bx, bu, None, it, cfg)
+                        (out['loss'] / cfg.grad_accum).backward()
+                        for k, v in out.items(): step[k] = step.get(k, 0.0) + _to_float(v) / cfg.grad_accum
+                        del out
+                except torch.OutOfMemoryError as e:
+                    opt.zero_grad(set_to_none=True)
+                    if torch.cuda.is_available(): torch.cuda.empty_cache()
+                    raise torch.OutOfMemoryError(
+                        f"out of GPU memory at iteration {it} (batch_size {cfg.batch_size}, grad_accum {cfg.grad_accum}, "
+                        f"amp_bf16 {cfg.amp_bf16}). {OOM_HINT} The last checkpoint is {ck_path}.\n{e}") from None
+                average_gradients(params)
+                gnorm = _grad_norm(params)
+                bad = not (math.isfinite(step['loss']) and torch.isfinite(gnorm).item())
+                if world > 1:
+                    f = torch.tensor([float(bad)], device=gnorm.device); dist.all_reduce(f, op=dist.ReduceOp.MAX)
+                    bad = bool(f.item())
+                if bad:
+                    n_bad += 1; n_bad_total += 1
+                    losses = ', '.join(f'{k}={v:.4g}' for k, v in step.items() if k.startswith('loss'))
+                    msg = (f"iteration {it}: non-finite loss or gradients ({losses}, grad norm {gnorm.item():.4g}); "
+                           f"update skipped ({n_bad} in a row, limit {cfg.max_bad_steps})")
+                    if n_bad > cfg.max_bad_steps:
+                        bar.close(); log.close()
+                        raise NonFiniteLossError(
+                            f"training stopped: {n_bad} consecutive steps with non-finite loss or gradients, the last "
+                            f"at iteration {it} ({losses}). These steps did not change the weights; {ck_path} holds "
+                            f"the last saved state. Likely causes: learning rate too high (lr={cfg.lr}), bf16 overflow "
+                            f"(amp_bf16={cfg.amp_bf16}), batches with no valid pixels (safe_losses={cfg.safe_losses}), "
+                            f"or corrupt input images.")
+                    warnings.warn(msg)
+                    opt.zero_grad(set_to_none=True)
+                    sched.step()                      # the iteration counts: schedule and data order stay aligned
+                else:
+                    n_bad = 0
+                    opt.step(); sched.step(); n_sum += 1
+                    for k, v in step.items(): sums[k] = sums.get(k, 0.0) + v
+                it += 1
+                bar.update(1)
+                end_of_epoch = it == (epoch + 1) * ipe
+                if it % cfg.log_every == 0 or end_of_epoch:
+                    avg = {f'train/{k}': v / n_sum for k, v in sums.items()} if n_sum else {}
+                    dt = (time.time() - t0) / max(n_sum, 1)
+                    extra = dict(**({'train/skipped_steps': n_bad_total} if n_bad_total else {}),
+                                 **({'data/skipped': n_data_skipped} if n_data_skipped else {}))
+                    log.log(it, epoch=epoch, lr=opt.param_groups[-1]['lr'], s_per_iter=dt, **avg, **extra)
+                    if avg: postfix['loss'] = f"{avg['train/loss']:.3f}"; bar.set_postfix(postfix)
+                    sums, n_sum, t0 = {}, 0, time.time()
+                stopping = stop_requested(sig)
+                if val_loader is not None and not stopping and ((cfg.eval_every and it % cfg.eval_every == 0) or
+                                                               (not cfg.eval_every and end_of_epoch) or it == total):
+                    r = run_eval(); last_miou = r['miou']
+                    log.log(it, **{'eval/mIoU': r['miou'], **{f'eval/IoU_{c}': v for c, v in
+                                                              zip(class_names or range(num_classes), r['iou'])}})
+                    if last_miou > best:
+                        best = last_miou; checkpoint('best.pt', eval=r)
+                    checkpoint('last.pt')
+                    postfix['mIoU'] = f'{last_miou:.1f}'; bar.set_postfix(postfix)
+                elif stopping or (ckpt_every and it % ckpt_every == 0) or end_of_epoch or it == total:
+                    checkpoint('last.pt')
+                if stopping:
+                    bar.close(); log.close()
+                    name = signal.Signals(sig.caught).name
+                    msg = (f"{name}: stopped at iteration {it}/{total}; resumable checkpoint saved to {ck_path}. "
+                           f"Run again with resume=True to continue.")
+                    print(msg, file=sys.stderr, flush=True)
+                    if sig.caught == signal.SIGINT: raise TrainingInterrupted(msg)
+                    raise SystemExit(128 + sig.caught)
+                if stop_after is not None and it >= stop_after: break
             if stop_after is not None and it >= stop_after: break
-        if stop_after is not None and it >= stop_after: break
     bar.close(); log.close()
-    return dict(iteration=it, best_miou=best if best >= 0 else None, last_miou=last_miou, out_dir=out_dir, total_iters=total)
+    if n_data_skipped: warnings.warn(f"{n_data_skipped} bad data sample(s) were skipped during training (see the "
+                                     f"warnings above for their paths)")
+    return dict(iteration=it, best_miou=best if best >= 0 else None, last_miou=last_miou, out_dir=out_dir,
+                total_iters=total, skipped_steps=n_bad_total, data_skipped=n_data_skipped)

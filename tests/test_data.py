@@ -360,7 +360,8 @@ def test_on_error_skip_warns_counts_and_moves_on(voc):
     ds = SemiDataset(voc, 'train_u', '1_4', crop=32, on_error='skip')
     with pytest.warns(UserWarning, match=f"skipped a bad sample \\(1 so far.*cannot read image {voc/ip}"):
         x = ds[0]
-    assert x['img_w'].shape == (3, 32, 32) and ds.skipped == 1
+    assert x['img_w'].shape == (3, 32, 32) and ds.skipped == 1 and x['n_skipped'] == 1
+    assert SemiDataset(voc, 'train_u', '1_4', crop=32, on_error='skip')[1]['n_skipped'] == 0
     for p, _ in read_split(voc/'splits'/'1_4'/'unlabeled.txt'): (voc/p).write_bytes(b'garbage')
     with pytest.warns(UserWarning), pytest.raises(DataError, match='every sample listed in'): ds[0]
 
