@@ -631,7 +631,7 @@ class _StopSignals:
         for s, h in self.old.items(): signal.signal(s, h)
         self.old = {}
 
-# %% ../nbs/10_train.ipynb #dda8e662
+# %% ../nbs/10_train.ipynb #1ae8dfd1
 def _to_float(v): return v.item() if torch.is_tensor(v) else float(v)
 
 def _grad_norm(params) -> Tensor:
@@ -641,7 +641,7 @@ def _grad_norm(params) -> Tensor:
 def _resume(ck_path: Path, device, rank: int, world: int) -> dict:
     "Load `last.pt`, falling back to an intact `last.prev.pt` (the bad file is set aside as `*.corrupt`)"
     try: return load_checkpoint(ck_path, map_location=device)
-    except CheckpointError as e:
+    except (CheckpointError, FileNotFoundError):     # missing: a crash between the two renames of a save
         if not prev_path(ck_path).exists(): raise
         ck = load_checkpoint(ck_path, map_location=device, fallback=True)
         if world > 1: dist.barrier()
@@ -649,6 +649,16 @@ def _resume(ck_path: Path, device, rank: int, world: int) -> dict:
             for p in (ck_path, checksum_path(ck_path)):
                 if p.exists(): os.replace(p, p.with_name(p.name + '.corrupt'))
         return ck
+
+def _remove_stale_temps(out_dir: Path):
+    "Delete temp files of saves killed half-way (their writer process is gone)"
+    for f in out_dir.glob('.*.tmp*'):
+        pid = f.name.rsplit('.tmp', 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid(): continue
+        try: os.kill(int(pid), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError): f.unlink()
+        except OSError: pass
 
 def _count_skipped(batch) -> int:
     "Samples a `SemiDataset(on_error='skip')` replaced in this batch"
@@ -676,7 +686,7 @@ def train(cfg: TrainCfg,
     check_train_cfg(cfg)
     out_dir = Path(out_dir)
     rank, world = dist_info()
-    if rank == 0: _check_writable(out_dir)
+    if rank == 0: _check_writable(out_dir); _remove_stale_temps(out_dir)
     device = next(model.parameters()).device
     main_loader = loader_x if cfg.method == 'supervised' else loader_u
     if main_loader is None: raise ConfigError(f"method {cfg.method!r} needs loader_u (unlabeled batches)")
@@ -720,8 +730,13 @@ def train(cfg: TrainCfg,
         if rank == 0: save_checkpoint(out_dir / name, s, keep_prev=name == 'last.pt')
 
     def run_eval():
-        return evaluate(model, val_loader, num_classes, cfg.eval_mode, cfg.eval_crop, cfg.eval_stride,
-                        device=device, class_names=class_names)
+        try: return evaluate(model, val_loader, num_classes, cfg.eval_mode, cfg.eval_crop, cfg.eval_stride,
+                             device=device, class_names=class_names)
+        except torch.OutOfMemoryError as e:
+            if torch.cuda.is_available(): torch.cuda.empty_cache()
+            raise torch.OutOfMemoryError(f"out of GPU memory evaluating at iteration {it} (eval_mode {cfg.eval_mode}, "
+                                         f"eval_crop {cfg.eval_crop}): use a smaller validation batch. {OOM_HINT} "
+                                         f"The last checkpoint is {ck_path}.\n{e}") from None
 
     def stop_requested(sig) -> bool:
         if world == 1: return sig.caught is not None

@@ -356,6 +356,52 @@ def test_corrupt_last_checkpoint_resumes_from_the_previous_one(tmp_path):
     assert load_checkpoint(ck)['iteration'] == 8
 
 
+@pytest.mark.slow
+def test_crash_between_the_renames_of_a_save_resumes(tmp_path):
+    "The state right after save step 3 (old file moved to last.prev.pt, new one not yet in place)"
+    run(tmp_path, epochs=1, ckpt_every=1)
+    ck = tmp_path / 'last.pt'
+    (tmp_path / 'last.prev.pt.sha256').write_text(checksum_path(ck).read_text().replace('last.pt', 'last.prev.pt'))
+    os.replace(ck, prev_path(ck))
+    with pytest.warns(UserWarning, match=r'(?s)not found.*Loaded the previous checkpoint .*\(iteration 4\)'):
+        _, r = run(tmp_path, epochs=2, ckpt_every=1)
+    assert r['iteration'] == 8 and load_checkpoint(ck)['iteration'] == 8
+
+
+SAVER = textwrap.dedent('''
+    import sys, torch
+    from semivl.train import save_checkpoint
+    out, n = sys.argv[1], 0
+    while True:
+        n += 1
+        save_checkpoint(out, dict(iteration=n, w=torch.full((4_000_000,), float(n))), keep_prev=True)
+        print(n, flush=True)
+''')
+
+
+@pytest.mark.slow
+def test_sigkill_during_a_checkpoint_write_never_leaves_a_bad_checkpoint(tmp_path):
+    from semivl.train import _remove_stale_temps
+    (tmp_path / 'saver.py').write_text(SAVER)
+    for trial, delay in enumerate((None, None, 0.61)):
+        d = tmp_path / f't{trial}'; d.mkdir()
+        p = subprocess.Popen([sys.executable, str(tmp_path / 'saver.py'), str(d / 'last.pt')], env=ENV,
+                             stdout=subprocess.PIPE, text=True)
+        assert p.stdout.readline().strip() == '1'      # one complete save, then kill during a later one
+        if delay is None:                              # as soon as the next save's temp file appears: mid-write
+            t0 = time.time()
+            while not list(d.glob('.last.pt.tmp*')) and time.time() - t0 < 30: time.sleep(0.001)
+        else: time.sleep(delay)
+        p.kill(); p.wait(30)
+        if delay is None: assert list(d.glob('.last.pt.tmp*'))      # the kill did interrupt a write
+        done = [int(x) for x in p.stdout.read().split()] + [1]
+        with warnings.catch_warnings(): warnings.simplefilter('ignore'); ck = load_checkpoint(d / 'last.pt', fallback=True)
+        assert max(done) <= ck['iteration'] + 1 and ck['iteration'] >= max(done) - 1   # at most the save in flight lost
+        assert torch.equal(ck['w'], torch.full((4_000_000,), float(ck['iteration'])))
+        _remove_stale_temps(d)
+        assert not list(d.glob('.*tmp*'))
+
+
 # ---------------------------------------------------------------- data and config
 @pytest.fixture
 def fake_root(tmp_path):
