@@ -1,0 +1,27 @@
+"""`python -m semivl.sweep` on a 2-run grid: both runs execute train.ipynb, the CSV and markdown tables appear."""
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_sweep_two_runs_write_tables(tmp_path):
+    cmd = [sys.executable, '-m', 'semivl.sweep', '--methods', 'supervised', 'semivl', '--splits', '20', '--seeds', '0',
+           '--out', str(tmp_path/'sweep'), '--md', str(tmp_path/'toy.md'),
+           '-p', 'iters', '2', '-p', 'batch_size', '2', '-p', 'val_limit', '4', '-p', 'snapshots', '1']
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = list(csv.DictReader(open(tmp_path/'sweep'/'results.csv')))
+    assert [(x['method'], x['split'], x['seed'], x['status']) for x in rows] == \
+        [('supervised', '20', '0', 'ok'), ('semivl', '20', '0', 'ok')]
+    assert all(0 <= float(x['miou']) <= 100 and x['iterations'] == '2' for x in rows)
+    md = (tmp_path/'toy.md').read_text()
+    for x in rows: assert f"| toyworld | 20 | {x['method']} | 1 | {float(x['miou']):.1f} ± 0.0 |" in md
+    # a second call finds both runs done and re-runs nothing
+    r2 = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r2.returncode == 0 and r2.stdout.count(': cached mIoU') == 2, r2.stdout[-2000:]
