@@ -451,3 +451,10 @@ def test_validate_lists_every_problem_before_any_work(fake_root, tmp_path):
         validate(model_cfg=dict(crop_size=4096), data_root=fake_root, split='1_4')
     with pytest.raises(ConfigError, match="method 'fixmatch'"):    # train() checks before any work too
         train(TrainCfg(method='fixmatch'), Stub(), *loaders(), out_dir=tmp_path / 'x')
+
+
+def test_evaluation_with_too_few_classes_warns_instead_of_a_silent_wrong_miou():
+    from semivl.evaluate import evaluate
+    img, mask = torch.randn(1, 3, 16, 16), torch.randint(0, 5, (1, 16, 16))       # labels 0..4, the model knows 3
+    with pytest.warns(UserWarning, match=r'ground-truth pixels have labels outside 0\.\.2 .*num_classes=3'):
+        evaluate(Stub(n=3), [(img, mask)], 3, mode='whole')
