@@ -9,7 +9,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 NBS = REPO/'nbs'
-TINY = dict(iters=3, batch_size=2, val_limit=6, snapshots=2)   # 3 iterations, two chunks: exercises the resume
+TINY = dict(iters=3, batch_size=2, val_limit=6)
+SNAPSHOTS = dict(supervised=1, unimatch=1, semivl=2)   # semivl in two chunks: exercises the resume
 
 
 def _outputs(nb) -> str:
@@ -26,7 +27,7 @@ def trained(tmp_path_factory):
     for method in ('supervised', 'unimatch', 'semivl'):
         out = root/method
         nb = pm.execute_notebook(str(NBS/'train.ipynb'), str(root/f'{method}.ipynb'), kernel_name='python3',
-                                 parameters=dict(TINY, method=method, out_dir=str(out)), progress_bar=False)
+                                 parameters=dict(TINY, method=method, snapshots=SNAPSHOTS[method], out_dir=str(out)), progress_bar=False)
         runs[method] = (nb, out)
     return runs
 
@@ -45,7 +46,7 @@ def test_train_notebook_writes_final_metrics(trained, method):
     its = [int(r.split(',')[0]) for r in rows[1:]]
     assert rows[0].startswith('it,') and its == sorted(set(its)) and its[-1] == 3   # one fresh log, to the end
     n_png = sum(1 for c in nb.cells for o in c.get('outputs', []) if 'image/png' in o.get('data', {}))
-    assert n_png >= 6     # batch grid, 2 × (curves + snapshot), IoU bars
+    assert n_png == 2 + 2 * SNAPSHOTS[method]     # batch grid, (curves + snapshot) per chunk, IoU bars
     if method == 'semivl': assert 'train/loss_mc_fp' in rows[0]
     if method == 'supervised': assert 'train/loss_s1' not in rows[0]
 
@@ -74,3 +75,21 @@ def test_real_dataset_without_data_fails_at_once_with_instructions(tmp_path):
     assert str(tmp_path/'no_voc'/'splits'/'92'/'labeled.txt') in msg and 'JPEGImages' in msg
     assert e.value.exec_count == 3      # the first code cell after the parameters (and papermill's injected one)
     assert time.time() - t0 < 60
+
+
+@pytest.mark.slow
+def test_evaluate_notebook_on_an_official_format_checkpoint(trained, tmp_path):
+    "The trained weights exported under the official mmseg names (as a released best.pth) give the same mIoU"
+    import torch
+    from semivl.segmentor import official_state_dict
+    from semivl.viewer import toy_segmentor
+    _, out = trained['semivl']
+    seg, _, _ = toy_segmentor(out/'model.pt')
+    torch.save({'model': official_state_dict(seg)}, tmp_path/'best.pth')
+    nb = pm.execute_notebook(str(NBS/'evaluate.ipynb'), str(tmp_path/'eval.ipynb'), kernel_name='python3',
+                             parameters=dict(checkpoint=str(tmp_path/'best.pth'), dataset='toy', val_limit=6, n_show=1),
+                             progress_bar=False)
+    ev = json.loads((tmp_path/'eval_metrics.json').read_text())
+    assert ev['official'] and ev['num_images'] == 6
+    assert abs(ev['miou'] - json.loads((out/'metrics.json').read_text())['miou']) < 0.05
+    assert 'imported official weights' in _outputs(nb)
