@@ -631,7 +631,7 @@ class _StopSignals:
         for s, h in self.old.items(): signal.signal(s, h)
         self.old = {}
 
-# %% ../nbs/10_train.ipynb #1ae8dfd1
+# %% ../nbs/10_train.ipynb #7b33ead9
 def _to_float(v): return v.item() if torch.is_tensor(v) else float(v)
 
 def _grad_norm(params) -> Tensor:
@@ -699,6 +699,8 @@ def train(cfg: TrainCfg,
     params = [p for g in opt.param_groups for p in g['params']]
     it, best, last_miou, resumed_rng, n_bad_total, n_data_skipped = 0, -1.0, None, None, 0, 0
     ck_path = out_dir / 'last.pt'
+    if not resume and rank == 0:                     # a fresh run: an older run's fallback must never be offered
+        for p in (prev_path(ck_path), checksum_path(prev_path(ck_path))): p.unlink(missing_ok=True)
     if resume and (ck_path.exists() or prev_path(ck_path).exists()):
         ck = _resume(ck_path, device, rank, world)
         if num_classes is not None and ck.get('num_classes') not in (None, num_classes):
@@ -725,9 +727,11 @@ def train(cfg: TrainCfg,
                     class_names=list(class_names) if class_names is not None else None,
                     skipped_steps=n_bad_total, data_skipped=n_data_skipped, **extra)
 
+    own_last = [resume]                          # last.pt is this run's: keep it as last.prev.pt when replacing it
     def checkpoint(name='last.pt', **extra):
         s = state(**extra)                       # collective: every rank takes part
-        if rank == 0: save_checkpoint(out_dir / name, s, keep_prev=name == 'last.pt')
+        if rank == 0: save_checkpoint(out_dir / name, s, keep_prev=name == 'last.pt' and own_last[0])
+        if name == 'last.pt': own_last[0] = True
 
     def run_eval():
         try: return evaluate(model, val_loader, num_classes, cfg.eval_mode, cfg.eval_crop, cfg.eval_stride,

@@ -27,6 +27,14 @@ ENV = dict(os.environ, OMP_NUM_THREADS='1',
            PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
 
 
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    "The toy runs are tiny: one thread is faster than fighting over the CPU"
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # ---------------------------------------------------------------- a toy world: stub segmentor + in-memory data
 class Stub(nn.Module):
     "Segmentor contract on a few convolutions; `fail_at(it)` can raise from the forward"
@@ -261,19 +269,27 @@ def test_output_folder_turning_read_only_mid_run_keeps_the_previous_checkpoint(t
 
 
 # ---------------------------------------------------------------- interrupts: real processes
-SCRIPT = textwrap.dedent('''
-    import sys, time, torch
-    sys.path.insert(0, sys.argv[3])
-    from test_faults import Stub, DS, TrainCfg, train
-    out_dir, slow = sys.argv[1], sys.argv[2] == 'slow'
-    torch.set_num_threads(1)
-    class Slow(DS):
-        def __getitem__(self, i):
-            if slow: time.sleep(0.05)
-            return super().__getitem__(i)
-    mk = lambda m: torch.utils.data.DataLoader(Slow(m, 16), 2, drop_last=True, shuffle=True, generator=torch.Generator())
+class Slow(DS):
+    "Data that takes time to load, so that a signal arrives mid-run"
+    def __getitem__(self, i):
+        time.sleep(0.05)
+        return super().__getitem__(i)
+
+
+def toy_main(out_dir, slow=False):
+    "The toy run used by the interrupt tests: 2 epochs of 8 iterations, a checkpoint every 2"
+    mk = lambda m: torch.utils.data.DataLoader((Slow if slow else DS)(m, 16), 2, drop_last=True, shuffle=True,
+                                               generator=torch.Generator())
     torch.manual_seed(0)
     train(TrainCfg(epochs=2, log_every=1), Stub(), mk('l'), mk('u'), out_dir=out_dir, ckpt_every=2, progress=False)
+
+
+SCRIPT = textwrap.dedent('''
+    import sys, torch
+    sys.path.insert(0, sys.argv[3])
+    torch.set_num_threads(1)
+    from test_faults import toy_main
+    toy_main(sys.argv[1], sys.argv[2] == 'slow')
 ''')
 
 
@@ -295,10 +311,9 @@ def _wait_for_rows(out, n, p, timeout=120):
 
 @pytest.fixture(scope='module')
 def reference(tmp_path_factory):
-    "The uninterrupted toy run (16 iterations)"
+    "The uninterrupted toy run (16 iterations), in this process"
     d = tmp_path_factory.mktemp('ref')
-    p = _start(d, d / 'out', slow=False)
-    assert p.wait(120) == 0, p.stderr.read()
+    toy_main(d / 'out')
     return load_checkpoint(d / 'out' / 'last.pt')
 
 
@@ -326,8 +341,7 @@ def test_sigint_sigterm_save_a_resumable_checkpoint(tmp_path, reference, sig):
     ck = load_checkpoint(out / 'last.pt')
     logged = max(int(r['it']) for r in csv.DictReader(open(out / 'metrics.csv')))
     assert ck['iteration'] == stopped == logged and 4 <= stopped < 16   # nothing done was lost
-    q = _start(tmp_path, out, slow=False)
-    assert q.wait(120) == 0, q.stderr.read()
+    toy_main(out)                                      # resume (in this process) to the end
     _assert_same(reference, load_checkpoint(out / 'last.pt'))
 
 
@@ -341,8 +355,7 @@ def test_sigkill_loses_at_most_the_work_since_the_last_checkpoint(tmp_path, refe
     logged = max(int(r['it']) for r in csv.DictReader(open(out / 'metrics.csv')))
     ck = load_checkpoint(out / 'last.pt')             # the checksum verifies: no torn file
     assert logged - 2 <= ck['iteration'] <= logged    # ckpt_every=2
-    q = _start(tmp_path, out, slow=False)
-    assert q.wait(120) == 0, q.stderr.read()
+    toy_main(out)                                      # resume (in this process) to the end
     _assert_same(reference, load_checkpoint(out / 'last.pt'))
 
 
@@ -356,7 +369,6 @@ def test_corrupt_last_checkpoint_resumes_from_the_previous_one(tmp_path):
     assert load_checkpoint(ck)['iteration'] == 8
 
 
-@pytest.mark.slow
 def test_crash_between_the_renames_of_a_save_resumes(tmp_path):
     "The state right after save step 3 (old file moved to last.prev.pt, new one not yet in place)"
     run(tmp_path, epochs=1, ckpt_every=1)
@@ -458,3 +470,11 @@ def test_evaluation_with_too_few_classes_warns_instead_of_a_silent_wrong_miou():
     img, mask = torch.randn(1, 3, 16, 16), torch.randint(0, 5, (1, 16, 16))       # labels 0..4, the model knows 3
     with pytest.warns(UserWarning, match=r'ground-truth pixels have labels outside 0\.\.2 .*num_classes=3'):
         evaluate(Stub(n=3), [(img, mask)], 3, mode='whole')
+
+
+def test_a_fresh_run_never_offers_an_older_runs_checkpoint(tmp_path):
+    run(tmp_path, epochs=1, ckpt_every=1)                         # an old run: last.pt @4, last.prev.pt @3
+    _, r = run(tmp_path, epochs=1, ckpt_every=4, resume=False)    # a fresh run, one save so far
+    assert r['iteration'] == 4 and not prev_path(tmp_path / 'last.pt').exists()
+    (tmp_path / 'last.pt').write_bytes(b'')                       # its only checkpoint is lost: nothing to fall back on
+    with pytest.raises(CheckpointError, match='corrupt or truncated'): load_checkpoint(tmp_path / 'last.pt', fallback=True)
