@@ -631,7 +631,7 @@ class _StopSignals:
         for s, h in self.old.items(): signal.signal(s, h)
         self.old = {}
 
-# %% ../nbs/10_train.ipynb #7b33ead9
+# %% ../nbs/10_train.ipynb #848e5af9
 def _to_float(v): return v.item() if torch.is_tensor(v) else float(v)
 
 def _grad_norm(params) -> Tensor:
@@ -678,6 +678,7 @@ def train(cfg: TrainCfg,
           progress: bool = True,     # tqdm bar (rank 0)
           class_names: list[str] | None = None,
           handle_signals: bool = True, # Ctrl-C / SIGTERM save a resumable checkpoint before stopping
+          ckpt_minutes: float | None = None, # also write last.pt when this many minutes passed since the last save
          ) -> dict:
     "Train `model` with `cfg`; returns `{'iteration', 'best_miou', 'last_miou', 'out_dir', 'skipped_steps', ...}`"
     from tqdm.auto import tqdm
@@ -731,7 +732,7 @@ def train(cfg: TrainCfg,
     def checkpoint(name='last.pt', **extra):
         s = state(**extra)                       # collective: every rank takes part
         if rank == 0: save_checkpoint(out_dir / name, s, keep_prev=name == 'last.pt' and own_last[0])
-        if name == 'last.pt': own_last[0] = True
+        if name == 'last.pt': own_last[0] = True; last_save[0] = time.time()
 
     def run_eval():
         try: return evaluate(model, val_loader, num_classes, cfg.eval_mode, cfg.eval_crop, cfg.eval_stride,
@@ -742,12 +743,15 @@ def train(cfg: TrainCfg,
                                          f"eval_crop {cfg.eval_crop}): use a smaller validation batch. {OOM_HINT} "
                                          f"The last checkpoint is {ck_path}.\n{e}") from None
 
-    def stop_requested(sig) -> bool:
-        if world == 1: return sig.caught is not None
-        flag = torch.tensor([float(sig.caught or 0)], device=device if dist.get_backend() == 'nccl' else 'cpu')
+    last_save = [time.time()]
+    def sync_flags(sig) -> tuple[bool, bool]:
+        "(stop: a signal arrived on any process, save: the checkpoint interval in minutes has passed), agreed by all"
+        due = ckpt_minutes is not None and time.time() - last_save[0] >= 60 * ckpt_minutes
+        if world == 1: return sig.caught is not None, due
+        flag = torch.tensor([float(sig.caught or 0), float(due)], device=device if dist.get_backend() == 'nccl' else 'cpu')
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() and sig.caught is None: sig.caught = int(flag.item())
-        return bool(flag.item())
+        if flag[0].item() and sig.caught is None: sig.caught = int(flag[0].item())
+        return bool(flag[0].item()), bool(flag[1].item())
 
     bar = tqdm(total=total, initial=it, disable=not progress or rank != 0, desc=cfg.method)
     sums, n_sum, t0, postfix, n_bad = {}, 0, time.time(), {}, 0
@@ -815,7 +819,7 @@ def train(cfg: TrainCfg,
                     log.log(it, epoch=epoch, lr=opt.param_groups[-1]['lr'], s_per_iter=dt, **avg, **extra)
                     if avg: postfix['loss'] = f"{avg['train/loss']:.3f}"; bar.set_postfix(postfix)
                     sums, n_sum, t0 = {}, 0, time.time()
-                stopping = stop_requested(sig)
+                stopping, timed = sync_flags(sig)
                 if val_loader is not None and not stopping and ((cfg.eval_every and it % cfg.eval_every == 0) or
                                                                (not cfg.eval_every and end_of_epoch) or it == total):
                     r = run_eval(); last_miou = r['miou']
@@ -825,7 +829,7 @@ def train(cfg: TrainCfg,
                         best = last_miou; checkpoint('best.pt', eval=r)
                     checkpoint('last.pt')
                     postfix['mIoU'] = f'{last_miou:.1f}'; bar.set_postfix(postfix)
-                elif stopping or (ckpt_every and it % ckpt_every == 0) or end_of_epoch or it == total:
+                elif stopping or timed or (ckpt_every and it % ckpt_every == 0) or end_of_epoch or it == total:
                     checkpoint('last.pt')
                 if stopping:
                     bar.close(); log.close()

@@ -478,3 +478,10 @@ def test_a_fresh_run_never_offers_an_older_runs_checkpoint(tmp_path):
     assert r['iteration'] == 4 and not prev_path(tmp_path / 'last.pt').exists()
     (tmp_path / 'last.pt').write_bytes(b'')                       # its only checkpoint is lost: nothing to fall back on
     with pytest.raises(CheckpointError, match='corrupt or truncated'): load_checkpoint(tmp_path / 'last.pt', fallback=True)
+
+
+def test_ckpt_minutes_bounds_the_work_a_sigkill_can_lose(tmp_path):
+    run(tmp_path / 'epoch', epochs=1)                              # default: one save at the epoch end
+    assert not prev_path(tmp_path / 'epoch' / 'last.pt').exists()
+    run(tmp_path / 'timed', epochs=1, ckpt_minutes=0.0)            # a save after every iteration
+    assert load_checkpoint(prev_path(tmp_path / 'timed' / 'last.pt'))['iteration'] == 3
