@@ -24,6 +24,7 @@ def evaluate(out, baseline_steps=300):
     root = ensure_toyworld()
     metrics['dense_zero_shot'] = dense_zero_shot_eval(model, tok, root)
     metrics['dense_zero_shot_mlp'] = dense_zero_shot_eval(model, tok, root, mlp=True)
+    metrics['dense_zero_shot_norm'] = dense_zero_shot_eval(model, tok, root, background='norm')
     print('dense zero-shot mIoU', round(metrics['dense_zero_shot']['miou'], 3),
           '(MaskCLIP +MLP read-out:', round(metrics['dense_zero_shot_mlp']['miou'], 3), ')')
     metrics['baselines'] = dict(

@@ -61,9 +61,10 @@ def test_reproduces_recorded_zero_shot(shipped, metrics):
 def test_reproduces_recorded_dense_miou(shipped, metrics):
     model, tok = shipped
     rec = metrics['dense_zero_shot']
-    m = dense_zero_shot_eval(model, tok, ensure_toyworld(), shifts=tuple(rec['shifts']), zoom=rec['zoom'], stride=rec['stride'])
+    m = dense_zero_shot_eval(model, tok, ensure_toyworld(), shifts=tuple(rec['shifts']), zoom=rec['zoom'],
+                             stride=rec['stride'], background=rec['background'])
     assert abs(m['miou'] - rec['miou']) <= .005, (m['miou'], rec['miou'])
-    assert abs(m['bg_threshold'] - rec['bg_threshold']) <= 1e-3 * abs(rec['bg_threshold']) and m['bg_below'] == rec['bg_below']
+    assert m['bg_bias'] == pytest.approx(rec['bg_bias'], abs=1e-6)
 
 
 def _run(out, steps):
