@@ -70,6 +70,12 @@ def step_inputs(batch=2, crop=128):
     return bx, bu, bo, masks
 
 
+def param_bytes(model):
+    "Bytes of the model's distinct parameters and buffers (shared tensors counted once)"
+    seen = {t.data_ptr(): t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]}
+    return sum(seen.values())
+
+
 def rss():
     import psutil
     return psutil.Process().memory_info().rss

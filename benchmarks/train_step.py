@@ -5,7 +5,7 @@ the random weights of `tests/golden/recipe.py`, batch 2, `torch.set_num_threads(
 interpreter (RSS high-water marks are per process); variants are interleaved over `--rounds` rounds so that load
 changes on a shared machine hit all of them alike. Prints s/iteration (median of the timed iterations of all
 rounds), images/s, the first iteration (warm-up, includes compilation), peak memory (CPU: RSS above the
-after-build level, sampled every 5 ms; CUDA: max_memory_allocated) and the max |difference| of the losses and
+level before a separate, last iteration, sampled every 20 ms (not during the timed ones); CUDA: max_memory_allocated) and the max |difference| of the losses and
 predictions of the first iteration against the faithful variant.
 
     python benchmarks/train_step.py                        # all variants, 2 rounds of 2 timed iterations
@@ -29,31 +29,40 @@ PREDS = ['pred_w_other', 'pred_x', 'pred_w', 'pred_w_fp', 'pred_s1', 'pred_s2']
 # name: (what it is, ModelCfg overrides, options)
 VARIANTS = {
     'faithful': ("official computation: open_clip blocks + separate value-path passes, the unused last block, "
-                 "naive (math) attention, full 3x3 ASPP taps; fp32 eager", {}, dict(faithful=True, math_attn=True)),
+                 "naive (math) attention, full 3x3 ASPP taps, skip features repeated per class and concatenated; fp32 eager", {}, dict(faithful=True, math_attn=True)),
     'faithful+sdpa': ("faithful, attention through scaled_dot_product_attention's fused CPU/CUDA kernel", {},
                       dict(faithful=True)),
     'kit': ("kit defaults: fused blocks (one ln_1 + qkv for block and value path), last block's attention "
-            "skipped, SDPA, padding-only ASPP taps skipped", {}, {}),
+            "skipped, SDPA, padding-only ASPP taps skipped, skip conv once per image", {}, {}),
     'kit+ckpt': ("kit + activation checkpointing of the backbone blocks", dict(grad_checkpointing=True), {}),
     'kit+channels_last': ("kit + channels_last decoder (weights and conv inputs)", {}, dict(channels_last=True)),
     'kit+compile': ("kit + torch.compile of backbone, MaskCLIP twin and decoder (inductor)", {}, dict(compile=True)),
-    'kit+bf16': ("kit + bf16 autocast (CUDA only)", {}, dict(bf16=True)),
+    'kit+bf16': ("kit + bf16 autocast (CUDA, or a CPU with AVX512-BF16/AMX)", {}, dict(bf16=True)),
     'kit+fp_w_only': ("kit + the FP branch decoded for the unlabeled images only (`forward_fp(..., fp_rows=B)`; "
                       "the official step also decodes the never-used labeled FP logits). Needs a one-line "
                       "train_step change, emulated here", {}, dict(fp_w_only=True)),
 }
 DEFAULT_VARIANTS = ['faithful', 'faithful+sdpa', 'kit', 'kit+fp_w_only', 'kit+ckpt', 'kit+channels_last',
-                    'kit+compile', 'kit+bf16']
+                    'kit+bf16', 'kit+compile']
+
+
+def _up_concat_forward(self, x, skip):
+    "The official `Up`: the skip map is repeated for every class map and concatenated before the first conv"
+    import torch.nn.functional as F
+    x = self.up(x)
+    skip = F.interpolate(skip, size=x.shape[-2:], mode='bilinear', align_corners=True)
+    return self.conv(torch.cat([x, skip.repeat_interleave(x.shape[0] // skip.shape[0], dim=0)], 1))
 
 
 def apply_variant(model, opts):
     "Switch `model` to a variant in place; returns a context-manager factory wrapping each iteration"
     import contextlib
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    from semivl.decoder import DilatedConv2d
+    from semivl.decoder import DilatedConv2d, Up
     if opts.get('faithful'):
         model.backbone.fused = model.clip_encoder.fused = False
         DilatedConv2d.forward = torch.nn.Conv2d.forward          # all 9 taps, as the official ASPP
+        Up.forward = _up_concat_forward                          # skip repeated per class and concatenated
     if opts.get('channels_last'):
         model.decode_head.to(memory_format=torch.channels_last)
         conv_fwd = torch.nn.Conv2d._conv_forward
@@ -78,16 +87,22 @@ def apply_variant(model, opts):
     return wrap
 
 
+def cpu_has_bf16():
+    "Whether this CPU has native bf16 dot products (AVX512-BF16 or AMX)"
+    try: flags = Path('/proc/cpuinfo').read_text()
+    except OSError: return False
+    return 'avx512_bf16' in flags or 'amx_bf16' in flags
+
+
 def run_one(name, args):
     "Run one variant in this process; print one JSON line"
     from semivl.train import TrainCfg, build_optimizer, train_step
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     desc, model_kw, opts = VARIANTS[name]
-    if opts.get('bf16') and dev.type == 'cpu':
+    if opts.get('bf16') and dev.type == 'cpu' and not cpu_has_bf16():
         print(json.dumps(dict(variant=name, skipped='bf16 autocast is CUDA-only in the kit: this CPU has no bf16 '
-                              'matmul units (no AVX512-BF16/AMX), bf16 matmuls run far slower than fp32 (see '
-                              '--bf16-demo)')))
+                              'matmul units (no AVX512-BF16/AMX), bf16 matmuls run far slower than fp32')))
         return
     model = build_model(args.crop, **model_kw).to(dev)
     wrap = apply_variant(model, opts)
@@ -106,16 +121,20 @@ def run_one(name, args):
         return out
 
     if dev.type == 'cuda': torch.cuda.reset_peak_memory_stats()
-    times = []
-    with PeakRSS() as mem:
-        t0 = time.perf_counter(); out = iteration(keep=True); first = time.perf_counter() - t0
-        keep = {k: out[k].detach().float().cpu() for k in LOSSES + PREDS}
-        del out
-        for _ in range(args.iters):
-            t0 = time.perf_counter(); iteration(); times.append(time.perf_counter() - t0)
-    torch.save(keep, args.out)
+    # timing without the RSS sampler (its 5 ms /proc reads slow the step down several-fold), then one more
+    # iteration under the sampler for the peak
+    times, cpu = [], []
+    t0 = time.perf_counter(); out = iteration(keep=True); first = time.perf_counter() - t0
+    keep = {k: out[k].detach().float().cpu() for k in LOSSES + PREDS}
+    del out
+    for _ in range(args.iters):
+        t0, c0 = time.perf_counter(), time.process_time(); iteration()
+        times.append(time.perf_counter() - t0); cpu.append(time.process_time() - c0)
+    import gc; gc.collect()
+    with PeakRSS(0.02) as mem: iteration()
+    if args.out != '/dev/null': torch.save(keep, args.out)
     peak = torch.cuda.max_memory_allocated() if dev.type == 'cuda' else mem.delta
-    print(json.dumps(dict(variant=name, times=times, first=first, peak_bytes=peak, out=args.out)))
+    print(json.dumps(dict(variant=name, times=times, cpu=cpu, first=first, peak_bytes=peak, out=args.out)))
 
 
 def diffs(a, b):
@@ -148,7 +167,7 @@ def bf16_demo():
 
 def main(args):
     names = args.variants
-    results = {n: dict(variant=n, times=[], peaks=[], firsts=[]) for n in names}
+    results = {n: dict(variant=n, times=[], cpu=[], peaks=[], firsts=[]) for n in names}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):                 # interleaved: every round runs every variant once
             for n in names:
@@ -159,17 +178,18 @@ def main(args):
                 R = results[n]
                 if 'error' in res or 'skipped' in res:
                     R.update(res); print(f'round {r} {n}: {res}', file=sys.stderr, flush=True); continue
-                R['times'] += res['times']; R['firsts'].append(res['first']); R['peaks'].append(res['peak_bytes'])
+                R['times'] += res['times']; R['cpu'] += res['cpu']; R['firsts'].append(res['first']); R['peaks'].append(res['peak_bytes'])
                 if r == 0: R['outputs'] = torch.load(out)
-                print(f"round {r} {n}: {[round(t, 2) for t in res['times']]} s", file=sys.stderr, flush=True)
+                print(f"round {r} {n}: wall {[round(t, 2) for t in res['times']]} s, cpu {[round(t, 2) for t in res['cpu']]} s", file=sys.stderr, flush=True)
     ref = results.get('faithful', {}).get('outputs')
+    med = lambda ts: sorted(ts)[len(ts) // 2]
     rows = []
     for n in names:
         R = results[n]
         if 'skipped' in R or 'error' in R:
             rows.append(dict(variant=n, **{'s/iter': 'skipped' if 'skipped' in R else 'error'})); continue
-        t = sorted(R['times'])[len(R['times']) // 2]
-        row = {'variant': n, 's/iter': f'{t:.2f}', 'images/s': f'{3 * args.batch / t:.2f}',
+        t, c = med(R['times']), med(R['cpu'])
+        row = {'variant': n, 's/iter': f'{t:.2f}', 'CPU s/iter': f'{c:.2f}', 'images/s': f'{3 * args.batch / t:.2f}',
                'first iter s': f'{max(R["firsts"]):.1f}', 'peak MB': f'{max(R["peaks"]) / 2**20:.0f}'}
         if ref is not None:
             dl, dp = diffs(R['outputs'], ref)
@@ -178,14 +198,15 @@ def main(args):
             gl, gp = vs_golden(R['outputs'])
             row.update({'golden loss rel': f'{gl:.1e}', 'golden pred abs': f'{gp:.1e}'})
         if 'faithful' in results and results['faithful']['times']:
-            tf = sorted(results['faithful']['times'])[len(results['faithful']['times']) // 2]
-            row['speed-up'] = f'{tf / t:.2f}x'
+            row['speed-up'] = f"{med(results['faithful']['times']) / t:.2f}x"
+            row['CPU speed-up'] = f"{med(results['faithful']['cpu']) / c:.2f}x"
         rows.append(row)
     print(f"\nSemiVL training iteration: ViT-B/16 (random recipe weights), crop {args.crop}, batch {args.batch}, "
           f"{args.threads} threads, device {args.device}; {args.rounds} interleaved rounds x {args.iters} timed "
-          f"iterations per variant (median); images/s counts labeled + unlabeled + mix-partner samples (3 x batch)")
+          f"iterations per variant (median); images/s counts labeled + unlabeled + mix-partner samples (3 x batch); "
+          f"CPU s = user+sys seconds of the process (robust to other jobs on a shared machine, wall-clock is not)")
     print(f"anchor: {OFFICIAL_ANCHOR}\n")
-    print(fmt_table(rows, ['variant', 's/iter', 'speed-up', 'images/s', 'first iter s', 'peak MB', 'max|Δloss|',
+    print(fmt_table(rows, ['variant', 's/iter', 'speed-up', 'CPU s/iter', 'CPU speed-up', 'images/s', 'first iter s', 'peak MB', 'max|Δloss|',
                            'max|Δpred|', 'golden loss rel', 'golden pred abs']))
     print('\nGolden tolerances: losses rtol 1e-3, predictions atol 5e-3.')
     for n in names:
@@ -196,7 +217,49 @@ def main(args):
     if args.device == 'cpu' and 'kit+bf16' in names:
         d = bf16_demo()
         print(f"\nbf16 on this CPU: one 260x768 @ 768x3072 matmul takes {d['torch.float32']*1e3:.1f} ms in fp32, "
-              f"{d['torch.bfloat16']*1e3:.1f} ms in bf16 ({d['torch.bfloat16'] / d['torch.float32']:.0f}x slower)")
+              f"{d['torch.bfloat16']*1e3:.1f} ms in bf16 (bf16/fp32 time ratio {d['torch.bfloat16'] / d['torch.float32']:.2f}; "
+              f"native bf16 on this CPU: {cpu_has_bf16()})")
+
+
+SWEEP = {'kit': [(128, 1), (128, 2), (192, 1), (128, 4)], 'kit+ckpt': [(128, 2), (192, 1)]}
+
+
+def memory_sweep(args):
+    "Peak memory of one iteration vs (crop, batch) for the kit and kit+ckpt variants; linear fit in batch*crop^2"
+    import numpy as np
+    from common import param_bytes
+    rows, fits = [], {}
+    for name in ('kit', 'kit+ckpt'):
+        pts = []
+        for crop, batch in SWEEP[name]:
+            res = run_variant_subprocess(__file__, name, ['--out', '/dev/null', '--iters', '0', '--crop', str(crop),
+                                                          '--batch', str(batch), '--device', args.device,
+                                                          '--threads', str(args.threads)])
+            if 'peak_bytes' not in res: print(name, crop, batch, res, file=sys.stderr); continue
+            pts.append((batch * crop ** 2, res['peak_bytes']))
+            rows.append({'variant': name, 'crop': crop, 'batch': batch, 'peak MB (measured)': f"{res['peak_bytes'] / 2**20:.0f}",
+                         'iteration s': f"{res['first']:.1f}"})
+            print(rows[-1], file=sys.stderr, flush=True)
+        x, y = np.array(pts, dtype=float).T
+        fits[name] = np.polyfit(x, y, 1)                   # bytes = slope * batch*crop^2 + intercept
+    print(f"\nPeak memory of one training iteration above the loaded model (CPU RSS, {args.threads} threads), "
+          "measured; weights, AdamW states and gradients of the trainable parameters are included in the delta "
+          "except the model weights themselves\n")
+    print(fmt_table(rows, ['variant', 'crop', 'batch', 'peak MB (measured)', 'iteration s']))
+    wb = param_bytes(build_model(128))
+    print(f"\nmodel weights (backbone + MaskCLIP twin's own attention tensors + decoder): {wb / 2**20:.0f} MB")
+    for name, (a, b) in fits.items():
+        print(f"fit {name}: peak ≈ {b / 2**20:.0f} MB + {a * 512**2 / 2**20:.0f} MB x batch x (crop/512)^2")
+    print("\nEXTRAPOLATED to a GPU (not measured): weights + fitted peak + 1 GB for the CUDA context, cuDNN "
+          "workspaces and caching-allocator slack; ViT-B/16, semivl step, fp32")
+    out = []
+    for crop in (320, 512):
+        for batch in (1, 2, 4, 8, 16):
+            r = {'crop': crop, 'batch': batch}
+            for name, (a, b) in fits.items():
+                r[f'{name} GB'] = f"{(wb + b + a * batch * crop ** 2 + 2**30) / 2**30:.1f}"
+            out.append(r)
+    print(fmt_table(out, ['crop', 'batch', *[f'{n} GB' for n in fits]]))
 
 
 if __name__ == '__main__':
@@ -208,7 +271,8 @@ if __name__ == '__main__':
     ap.add_argument('--batch', type=int, default=2)
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    ap.add_argument('--memory-sweep', action='store_true', help='peak memory vs crop and batch (kit, kit+ckpt) and the GPU extrapolation')
     ap.add_argument('--one', help=argparse.SUPPRESS)
     ap.add_argument('--out', help=argparse.SUPPRESS)
     a = ap.parse_args()
-    run_one(a.one, a) if a.one else main(a)
+    run_one(a.one, a) if a.one else memory_sweep(a) if a.memory_sweep else main(a)
