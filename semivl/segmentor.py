@@ -19,7 +19,7 @@ from .decoder import VLGHead, ConvSkipEncoder
 from .text import aggregate_concepts
 
 # %% auto #0
-__all__ = ['ModelCfg', 'labels_from_logits', 'SemiVLSegmentor', 'param_groups', 'official_state_dict', 'load_official_checkpoint']
+__all__ = ['ModelCfg', 'labels_from_logits', 'SemiVLSegmentor', 'official_state_dict', 'load_official_checkpoint']
 
 # %% ../nbs/07_segmentor.ipynb #5470ccab
 @dataclass
@@ -168,19 +168,6 @@ class SemiVLSegmentor(nn.Module):
                              ) -> torch.Tensor:
         "MaskCLIP pseudo-labels (B, H, W), 255 where the softmax confidence is below `conf_thresh`"
         return labels_from_logits(self.maskclip_logits(img), img.shape[-2:], conf_thresh, temperature)
-
-# %% ../nbs/07_segmentor.ipynb #938735c3
-def param_groups(model: SemiVLSegmentor, lr: float, # base learning rate
-                 backbone_lr_mult: float = 0.01, conv_lr_mult: float = 0.1, head_lr_mult: float = 10.,
-                 weight_decay: float = 0.01) -> list[dict]:
-    "AdamW parameter groups (each with a `name`) of the trainable parameters, official lr multipliers"
-    mults = {'backbone': backbone_lr_mult, 'conv_encoder': conv_lr_mult, 'decode_head': head_lr_mult}
-    groups = []
-    for name, mult in mults.items():
-        mod = getattr(model, name)
-        params = [p for p in mod.parameters() if p.requires_grad] if mod is not None else []
-        if params: groups.append(dict(name=name, params=params, lr=lr * mult, weight_decay=weight_decay))
-    return groups
 
 # %% ../nbs/07_segmentor.ipynb #17344e98
 def _official_backbone_part(vit: ClipBackbone, prefix: str) -> dict:

@@ -8,7 +8,8 @@ import torch
 
 from semivl.clip import load_clip
 from semivl.segmentor import (ModelCfg, SemiVLSegmentor, labels_from_logits, load_official_checkpoint,
-                              official_state_dict, param_groups)
+                              official_state_dict)
+from semivl.train import TrainCfg, build_optimizer
 from semivl.text import flatten_concepts, load_class_info
 from conftest import GOLDEN
 
@@ -112,9 +113,12 @@ def test_trainable_params_and_groups(model128, golden):
     assert len(ours) == len(g['trainable_backbone_params']) == 49
     assert sum(p.numel() for p in model128.decode_head.parameters()) == 2_217_185
     assert not any(p.requires_grad for p in model128.clip_encoder.parameters())
-    groups = {gr['name']: gr for gr in param_groups(model128, 1e-4, backbone_lr_mult=0.01)}
-    assert groups['backbone']['lr'] == pytest.approx(1e-6) and groups['decode_head']['lr'] == pytest.approx(1e-3)
-    assert sum(p.numel() for p in groups['backbone']['params']) == 8 * 8 * 768 + 768 + 12 * 2_362_368
+    opt, _ = build_optimizer(model128, TrainCfg.preset('voc'))
+    lr_of = {id(p): g['lr'] for g in opt.param_groups for p in g['params']}
+    backbone = [p for p in model128.backbone.parameters() if p.requires_grad]
+    assert sum(p.numel() for p in backbone) == 8 * 8 * 768 + 768 + 12 * 2_362_368
+    assert all(lr_of[id(p)] == pytest.approx(1e-6) for p in backbone)
+    assert all(lr_of[id(p)] == pytest.approx(1e-3) for p in model128.decode_head.parameters())
 
 
 def test_official_checkpoint_roundtrip(model512, clip_vitb16, golden, voc_c2c):
