@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import types
@@ -107,6 +108,24 @@ def run_variant_subprocess(script, variant, extra=(), timeout=1800):
     if p.returncode != 0 or not lines:
         return dict(variant=variant, error=(p.stderr or p.stdout).strip().splitlines()[-1:] or ['failed'])
     return json.loads(lines[-1])
+
+
+def run_rounds(script, names, rounds, extra=()):
+    "Run every variant once per round, interleaved so machine load hits all alike; collect timings and round-0 outputs"
+    results = {n: dict(variant=n, times=[], cpu=[], peaks=[], firsts=[]) for n in names}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            for n in names:
+                out = f'{tmp}/{n}_{r}.pt'
+                res = run_variant_subprocess(script, n, ['--out', out, *extra])
+                R = results[n]
+                if 'error' in res or 'skipped' in res:
+                    R.update(res); print(f'round {r} {n}: {res}', file=sys.stderr, flush=True); continue
+                R['times'] += res['times']; R['cpu'] += res['cpu']; R['firsts'].append(res['first']); R['peaks'].append(res['peak_bytes'])
+                if r == 0: R['out'] = torch.load(out)
+                print(f"round {r} {n}: wall {[round(t, 2) for t in res['times']]} s, cpu {[round(t, 2) for t in res['cpu']]} s",
+                      file=sys.stderr, flush=True)
+    return results
 
 
 def fmt_table(rows, cols):

@@ -13,14 +13,13 @@ whose argmax changes, against the faithful variant.
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import torch
 
-from common import PeakRSS, build_model, fmt_table, run_variant_subprocess
+from common import PeakRSS, build_model, fmt_table, run_rounds
 
 VARIANTS = {
     'faithful': ("official: one window per forward, open_clip blocks + separate value-path pass, the unused last "
@@ -76,19 +75,8 @@ def run_one(name, args):
 
 def main(args):
     names = args.variants
-    results = {n: dict(times=[], cpu=[], peaks=[], firsts=[]) for n in names}
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.rounds):
-            for n in names:
-                out = f'{tmp}/{n}_{r}.pt'
-                res = run_variant_subprocess(__file__, n, ['--out', out, '--iters', str(args.iters), '--device',
-                                                           args.device, '--threads', str(args.threads)])
-                R = results[n]
-                if 'error' in res or 'skipped' in res:
-                    R.update(res); print(f'round {r} {n}: {res}', file=sys.stderr, flush=True); continue
-                R['times'] += res['times']; R['cpu'] += res['cpu']; R['firsts'].append(res['first']); R['peaks'].append(res['peak_bytes'])
-                if r == 0: R['out'] = torch.load(out)
-                print(f"round {r} {n}: wall {[round(t, 2) for t in res['times']]} s, cpu {[round(t, 2) for t in res['cpu']]} s", file=sys.stderr, flush=True)
+    results = run_rounds(__file__, names, args.rounds, ['--iters', str(args.iters), '--device', args.device,
+                                                     '--threads', str(args.threads)])
     ref = results.get('faithful', {}).get('out')
     med = lambda ts: sorted(ts)[len(ts) // 2]
     rows = []

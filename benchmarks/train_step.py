@@ -14,14 +14,14 @@ predictions of the first iteration against the faithful variant.
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import torch
 
-from common import (OFFICIAL_ANCHOR, PeakRSS, build_model, fmt_table, golden, run_variant_subprocess, step_inputs)
+from common import (OFFICIAL_ANCHOR, PeakRSS, build_model, fmt_table, golden, run_rounds, run_variant_subprocess,
+                    step_inputs)
 
 LOSSES = ['loss', 'loss_x', 'loss_s1', 'loss_s2', 'loss_fp', 'loss_mc_s1', 'loss_mc_s2', 'loss_mc_fp']
 PREDS = ['pred_w_other', 'pred_x', 'pred_w', 'pred_w_fp', 'pred_s1', 'pred_s2']
@@ -167,21 +167,9 @@ def bf16_demo():
 
 def main(args):
     names = args.variants
-    results = {n: dict(variant=n, times=[], cpu=[], peaks=[], firsts=[]) for n in names}
-    with tempfile.TemporaryDirectory() as tmp:
-        for r in range(args.rounds):                 # interleaved: every round runs every variant once
-            for n in names:
-                out = f'{tmp}/{n}_{r}.pt'
-                res = run_variant_subprocess(__file__, n, ['--out', out, '--iters', str(args.iters), '--crop',
-                                                           str(args.crop), '--batch', str(args.batch), '--device',
-                                                           args.device, '--threads', str(args.threads)])
-                R = results[n]
-                if 'error' in res or 'skipped' in res:
-                    R.update(res); print(f'round {r} {n}: {res}', file=sys.stderr, flush=True); continue
-                R['times'] += res['times']; R['cpu'] += res['cpu']; R['firsts'].append(res['first']); R['peaks'].append(res['peak_bytes'])
-                if r == 0: R['outputs'] = torch.load(out)
-                print(f"round {r} {n}: wall {[round(t, 2) for t in res['times']]} s, cpu {[round(t, 2) for t in res['cpu']]} s", file=sys.stderr, flush=True)
-    ref = results.get('faithful', {}).get('outputs')
+    results = run_rounds(__file__, names, args.rounds, ['--iters', str(args.iters), '--crop', str(args.crop), '--batch',
+                                                     str(args.batch), '--device', args.device, '--threads', str(args.threads)])
+    ref = results.get('faithful', {}).get('out')
     med = lambda ts: sorted(ts)[len(ts) // 2]
     rows = []
     for n in names:
@@ -192,10 +180,10 @@ def main(args):
         row = {'variant': n, 's/iter': f'{t:.2f}', 'CPU s/iter': f'{c:.2f}', 'images/s': f'{3 * args.batch / t:.2f}',
                'first iter s': f'{max(R["firsts"]):.1f}', 'peak MB': f'{max(R["peaks"]) / 2**20:.0f}'}
         if ref is not None:
-            dl, dp = diffs(R['outputs'], ref)
+            dl, dp = diffs(R['out'], ref)
             row.update({'max|Δloss|': f'{dl:.1e}', 'max|Δpred|': f'{dp:.1e}'})
         if args.crop == 128 and args.batch == 2:
-            gl, gp = vs_golden(R['outputs'])
+            gl, gp = vs_golden(R['out'])
             row.update({'golden loss rel': f'{gl:.1e}', 'golden pred abs': f'{gp:.1e}'})
         if 'faithful' in results and results['faithful']['times']:
             row['speed-up'] = f"{med(results['faithful']['times']) / t:.2f}x"
