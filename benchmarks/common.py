@@ -128,6 +128,24 @@ def run_rounds(script, names, rounds, extra=()):
     return results
 
 
+def median(ts):
+    "Median (upper middle) of a list of timings"
+    return sorted(ts)[len(ts) // 2]
+
+
+def timing_row(name, results, unit):
+    "Table row of one variant's median wall/CPU seconds and speed-ups vs 'faithful'; `None` times if it did not run"
+    R = results[name]
+    if 'skipped' in R or 'error' in R: return {'variant': name, unit: 'skipped' if 'skipped' in R else 'error'}, None
+    t, c = median(R['times']), median(R['cpu'])
+    row = {'variant': name, unit: f'{t:.2f}', f'CPU {unit}': f'{c:.2f}', 'peak MB': f'{max(R["peaks"]) / 2**20:.0f}'}
+    base = results.get('faithful')
+    if base and base['times']:
+        row['speed-up'] = f"{median(base['times']) / t:.2f}x"
+        row['CPU speed-up'] = f"{median(base['cpu']) / c:.2f}x"
+    return row, t
+
+
 def fmt_table(rows, cols):
     "Plain-text table of dicts"
     w = {c: max(len(c), *(len(str(r.get(c, ''))) for r in rows)) for c in cols}

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import torch
 
-from common import PeakRSS, build_model, fmt_table, run_rounds
+from common import PeakRSS, build_model, fmt_table, run_rounds, timing_row
 
 VARIANTS = {
     'faithful': ("official: one window per forward, open_clip blocks + separate value-path pass, the unused last "
@@ -78,21 +78,15 @@ def main(args):
     results = run_rounds(__file__, names, args.rounds, ['--iters', str(args.iters), '--device', args.device,
                                                      '--threads', str(args.threads)])
     ref = results.get('faithful', {}).get('out')
-    med = lambda ts: sorted(ts)[len(ts) // 2]
     rows = []
     for n in names:
-        R = results[n]
-        if 'skipped' in R or 'error' in R:
-            rows.append({'variant': n, 's/image': 'skipped' if 'skipped' in R else 'error'}); continue
-        t, c = med(R['times']), med(R['cpu'])
-        row = {'variant': n, 's/image': f'{t:.2f}', 'CPU s/image': f'{c:.2f}', 'images/s': f'{1 / t:.3f}', 'first call s': f'{max(R["firsts"]):.1f}',
-               'peak MB': f'{max(R["peaks"]) / 2**20:.0f}'}
-        if ref is not None:
-            row['max|Δlogit|'] = f'{(R["out"] - ref).abs().max().item():.1e}'
-            row['argmax changed'] = f'{(R["out"].argmax(1) != ref.argmax(1)).float().mean().item():.1e}'
-            if results['faithful']['times']:
-                row['speed-up'] = f'{med(results["faithful"]["times"]) / t:.2f}x'
-                row['CPU speed-up'] = f'{med(results["faithful"]["cpu"]) / c:.2f}x'
+        row, t = timing_row(n, results, 's/image')
+        if t is not None:
+            R = results[n]
+            row.update({'images/s': f'{1 / t:.3f}', 'first call s': f'{max(R["firsts"]):.1f}'})
+            if ref is not None:
+                row['max|Δlogit|'] = f'{(R["out"] - ref).abs().max().item():.1e}'
+                row['argmax changed'] = f'{(R["out"].argmax(1) != ref.argmax(1)).float().mean().item():.1e}'
         rows.append(row)
     print(f"\nzegclip sliding window (crop 512, stride 426: 2 windows) of one 512x683 image: ViT-B/16 VOC model, "
           f"{args.threads} threads, device {args.device}; {args.rounds} interleaved rounds x {args.iters} timed calls "

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import torch
 
 from common import (OFFICIAL_ANCHOR, PeakRSS, build_model, fmt_table, golden, run_rounds, run_variant_subprocess,
-                    step_inputs)
+                    step_inputs, timing_row)
 
 LOSSES = ['loss', 'loss_x', 'loss_s1', 'loss_s2', 'loss_fp', 'loss_mc_s1', 'loss_mc_s2', 'loss_mc_fp']
 PREDS = ['pred_w_other', 'pred_x', 'pred_w', 'pred_w_fp', 'pred_s1', 'pred_s2']
@@ -170,24 +170,18 @@ def main(args):
     results = run_rounds(__file__, names, args.rounds, ['--iters', str(args.iters), '--crop', str(args.crop), '--batch',
                                                      str(args.batch), '--device', args.device, '--threads', str(args.threads)])
     ref = results.get('faithful', {}).get('out')
-    med = lambda ts: sorted(ts)[len(ts) // 2]
     rows = []
     for n in names:
-        R = results[n]
-        if 'skipped' in R or 'error' in R:
-            rows.append(dict(variant=n, **{'s/iter': 'skipped' if 'skipped' in R else 'error'})); continue
-        t, c = med(R['times']), med(R['cpu'])
-        row = {'variant': n, 's/iter': f'{t:.2f}', 'CPU s/iter': f'{c:.2f}', 'images/s': f'{3 * args.batch / t:.2f}',
-               'first iter s': f'{max(R["firsts"]):.1f}', 'peak MB': f'{max(R["peaks"]) / 2**20:.0f}'}
-        if ref is not None:
-            dl, dp = diffs(R['out'], ref)
-            row.update({'max|Δloss|': f'{dl:.1e}', 'max|Δpred|': f'{dp:.1e}'})
-        if args.crop == 128 and args.batch == 2:
-            gl, gp = vs_golden(R['out'])
-            row.update({'golden loss rel': f'{gl:.1e}', 'golden pred abs': f'{gp:.1e}'})
-        if 'faithful' in results and results['faithful']['times']:
-            row['speed-up'] = f"{med(results['faithful']['times']) / t:.2f}x"
-            row['CPU speed-up'] = f"{med(results['faithful']['cpu']) / c:.2f}x"
+        row, t = timing_row(n, results, 's/iter')
+        if t is not None:
+            R = results[n]
+            row.update({'images/s': f'{3 * args.batch / t:.2f}', 'first iter s': f'{max(R["firsts"]):.1f}'})
+            if ref is not None:
+                dl, dp = diffs(R['out'], ref)
+                row.update({'max|Δloss|': f'{dl:.1e}', 'max|Δpred|': f'{dp:.1e}'})
+            if args.crop == 128 and args.batch == 2:
+                gl, gp = vs_golden(R['out'])
+                row.update({'golden loss rel': f'{gl:.1e}', 'golden pred abs': f'{gp:.1e}'})
         rows.append(row)
     print(f"\nSemiVL training iteration: ViT-B/16 (random recipe weights), crop {args.crop}, batch {args.batch}, "
           f"{args.threads} threads, device {args.device}; {args.rounds} interleaved rounds x {args.iters} timed "
