@@ -51,10 +51,11 @@ class Stub(nn.Module):
         return self.backbone.attn(self.backbone.stem(x).relu())
     def head(self, f): return self.decode_head.cls(self.decode_head.ln(f)) * 5
     def forward(self, x): return self.head(self.feats(x))
-    def forward_fp(self, x, fp_keep_masks=None, p=0.5):
+    def forward_fp(self, x, fp_keep_masks=None, p=0.5, fp_rows=None):
         f = self.feats(x)
-        keep = torch.rand(f.shape[:2]) > p
-        return self.head(torch.cat([f, f * keep[:, :, None, None] * 2])).chunk(2)
+        n = f.shape[0] if fp_rows is None else fp_rows           # perturb the last n images
+        keep = torch.rand(n, f.shape[1]) > p
+        return self.head(torch.cat([f, f[-n:] * keep[:, :, None, None] * 2])).split([f.shape[0], n])
     @torch.no_grad()
     def maskclip_pseudo_label(self, x, conf_thresh=0.9):
         c, l = (self.clip_encoder(x) * 20).softmax(1).max(1)

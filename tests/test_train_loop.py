@@ -32,11 +32,12 @@ SCRIPT = textwrap.dedent('''
         def feats(s, x): return s.backbone.attn(s.backbone.stem(x).relu())
         def head(s, f): return s.decode_head.cls(s.decode_head.ln(f)) * 5
         def forward(s, x): return s.head(s.feats(x))
-        def forward_fp(s, x, fp_keep_masks=None, p=0.5):
+        def forward_fp(s, x, fp_keep_masks=None, p=0.5, fp_rows=None):
             f = s.feats(x)
-            if mode in ('plain', 'slow'): keep = torch.rand(f.shape[:2]) > 0.5     # consumes the global RNG
-            else: keep = f.detach().mean((2, 3)) > 0      # rank-independent
-            return s.head(torch.cat([f, f * keep[:, :, None, None] * 2])).chunk(2)
+            n = f.shape[0] if fp_rows is None else fp_rows      # perturb the last n images
+            if mode in ('plain', 'slow'): keep = torch.rand(n, f.shape[1]) > 0.5     # consumes the global RNG
+            else: keep = f[-n:].detach().mean((2, 3)) > 0      # rank-independent
+            return s.head(torch.cat([f, f[-n:] * keep[:, :, None, None] * 2])).split([f.shape[0], n])
         @torch.no_grad()
         def maskclip_pseudo_label(s, x, conf_thresh=0.9):
             c, l = (s.clip_encoder(x) * 20).softmax(1).max(1)
