@@ -201,7 +201,7 @@ def zero_shot_eval(model, tokenizer, images: torch.Tensor, labels: np.ndarray, b
 # %% ../nbs/02_toyclip.ipynb #c14c5736
 @dataclass
 class TrainToyClipCfg(Cfg):
-    steps: int = 3000          # optimiser steps (the cosine schedule spans them)
+    steps: int = 1400          # optimiser steps (the cosine schedule spans them)
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = .1
