@@ -77,7 +77,7 @@ SCRIPT = textwrap.dedent('''
     os.makedirs(out_dir, exist_ok=True)
     if rank == 0: torch.save(model.state_dict(), os.path.join(out_dir, 'init.pt'))
     cfg = TrainCfg(epochs=2 if mode in ('dist', 'accum') else 3, log_every=1,
-                   grad_accum=2 if mode == 'accum' else 1)
+                   grad_accum=2 if mode == 'accum' else 1, debug_every=5 if mode in ('plain', 'slow') else None)
     train(cfg, model, mk('l'), mk('u'), out_dir=out_dir, ckpt_every=1, progress=False)
 ''')
 
@@ -119,6 +119,12 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
     for k, v in a['model'].items(): assert torch.equal(v, b['model'][k]), k
     for s_a, s_b in zip(a['optimizer']['state'].values(), b['optimizer']['state'].values()):
         assert torch.equal(s_a['exp_avg'], s_b['exp_avg'])
+    # debug dumps (every 5 iterations) are the same whether written before the kill or after the resume
+    names = [f'it{i:06d}.npz' for i in (5, 10, 15, 20)]
+    assert sorted(os.listdir(full / 'debug')) == sorted(os.listdir(cut / 'debug')) == names
+    for n in names:
+        with np.load(full / 'debug' / n) as za, np.load(cut / 'debug' / n) as zb:
+            assert za.files == zb.files and all(np.array_equal(za[k], zb[k]) for k in za.files), n
 
 
 @pytest.mark.slow
