@@ -245,9 +245,20 @@ def test_toy_world_fresh_student_zero_shot_and_checkpoint(tmp_path):
     seg, _, _ = toy_segmentor()                               # a 'trained' model: perturbed decoder weights
     with torch.no_grad():
         for p in seg.decode_head.parameters(): p.add_(torch.randn_like(p) * .2)
+    seg.guidance_bias[0] = .2                                 # and a calibrated MaskCLIP background bias
     torch.save({'model': seg.state_dict()}, tmp_path/'best.pth')
     vc = toy_viewer('val', checkpoint=tmp_path/'best.pth')
     img = vc.state.sample(0)[0]
     with torch.no_grad(): conf, label = seg(_to_input(img)[None]).softmax(1)[0].max(0)
     np.testing.assert_allclose(vc.state.student(0, 'single')[0], conf.numpy(), atol=1e-5)
     assert not np.allclose(vc.state.student(0, 'single')[0], v.state.student(0, 'single')[0])
+    # the 'guidance' source is the model's MaskCLIP with its bias: the training's labels at the 0.9 threshold
+    mc_conf, mc_label = vc.state.maskclip(0, 'guidance')
+    want = seg.maskclip_pseudo_label(_to_input(img)[None], 0.9)[0].numpy()
+    assert (np.where(mc_conf >= .9, mc_label, IGNORE_INDEX) != want).mean() < 1e-3
+    assert not np.array_equal(mc_label, vc.state.maskclip(0, 'single')[1])     # the bias changed the labels
+    old = {k: v for k, v in seg.state_dict().items() if k != 'guidance_bias'}   # a checkpoint from before the bias
+    torch.save({'model': old}, tmp_path/'old.pth')
+    assert toy_viewer('val', checkpoint=tmp_path/'old.pth').state.model.biases['guidance'].abs().sum() == 0
+    torch.save({'model': {**old, 'stray': torch.zeros(1)}}, tmp_path/'bad.pth')
+    with pytest.raises(KeyError, match='stray'): toy_segmentor(tmp_path/'bad.pth')
