@@ -241,7 +241,7 @@ def test_toy_world_fresh_student_zero_shot_and_checkpoint(tmp_path):
         t0 = time.perf_counter(); v.mc_thresh.value = t; ts.append(time.perf_counter() - t0)
     assert max(ts) < .5, ts
     zs = toy_viewer('val', student=False)                     # the zero-shot CLIP alone
-    np.testing.assert_array_equal(zs.maps['student'], zs.state.maskclip(0, 'single')[1])
+    np.testing.assert_array_equal(zs.maps['student'], zs.state.maskclip(0, 'guidance')[1])
     seg, _, _ = toy_segmentor()                               # a 'trained' model: perturbed decoder weights
     with torch.no_grad():
         for p in seg.decode_head.parameters(): p.add_(torch.randn_like(p) * .2)
@@ -256,7 +256,7 @@ def test_toy_world_fresh_student_zero_shot_and_checkpoint(tmp_path):
     mc_conf, mc_label = vc.state.maskclip(0, 'guidance')
     want = seg.maskclip_pseudo_label(_to_input(img)[None], 0.9)[0].numpy()
     assert (np.where(mc_conf >= .9, mc_label, IGNORE_INDEX) != want).mean() < 1e-3
-    assert not np.array_equal(mc_label, vc.state.maskclip(0, 'single')[1])     # the bias changed the labels
+    assert not np.array_equal(mc_label, vc.state.maskclip(0, 'prompts')[1])    # same text without the bias
     old = {k: v for k, v in seg.state_dict().items() if k != 'guidance_bias'}   # a checkpoint from before the bias
     torch.save({'model': old}, tmp_path/'old.pth')
     assert toy_viewer('val', checkpoint=tmp_path/'old.pth').state.model.biases['guidance'].abs().sum() == 0
