@@ -1,6 +1,6 @@
 """Pretrain the tiny CLIP on the toy world's caption corpus (seeded, resumable).
 
-    python data_scripts/pretrain_toyclip.py --out runs/toyclip            # the shipped run (~40 min, 2 CPU cores)
+    python data_scripts/pretrain_toyclip.py --out runs/toyclip            # defaults (~40 min on one CPU thread)
     python data_scripts/pretrain_toyclip.py --out /tmp/t --steps 40 --n-scenes 500   # a smoke run
 
 Re-running with the same --out resumes from its checkpoint.pt. At the end the folder holds an open_clip
