@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import types
 from pathlib import Path
@@ -78,30 +77,26 @@ def param_bytes(model):
 
 
 def rss():
+    "Resident set size of this process in bytes"
     import psutil
     return psutil.Process().memory_info().rss
 
 
-class PeakRSS:
-    "Sample this process' RSS every `dt` s in a thread; `.peak` is the high-water mark since start"
-    def __init__(self, dt=0.005):
-        self.dt, self.peak, self._stop = dt, 0, threading.Event()
-    def __enter__(self):
-        self.base = self.peak = rss()
-        self._t = threading.Thread(target=self._run, daemon=True); self._t.start()
-        return self
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss()); time.sleep(self.dt)
-    def __exit__(self, *a):
-        self._stop.set(); self._t.join(); self.peak = max(self.peak, rss())
-    @property
-    def delta(self): return self.peak - self.base
+def reset_peak_rss():
+    "Reset the kernel's RSS high-water mark of this process (VmHWM, Linux >= 4.0); returns the RSS now"
+    Path('/proc/self/clear_refs').write_text('5')
+    return rss()
 
 
-def run_variant_subprocess(script, variant, extra=(), timeout=1800):
+def peak_rss():
+    "Highest RSS of this process in bytes since start or the last `reset_peak_rss` (exact: kept by the kernel, no sampling)"
+    import re
+    return int(re.search(r'VmHWM:\s+(\d+) kB', Path('/proc/self/status').read_text()).group(1)) * 1024
+
+
+def run_variant_subprocess(script, variant, extra=(), timeout=1800, env=None):
     "Run `script --one VARIANT` in a fresh interpreter (RSS high-water marks are per process); return its JSON line"
-    env = dict(os.environ, PYTHONUNBUFFERED='1')
+    env = dict(os.environ, PYTHONUNBUFFERED='1', **(env or {}))
     p = subprocess.run([sys.executable, str(script), '--one', variant, *extra], capture_output=True, text=True,
                        timeout=timeout, env=env, cwd=str(ROOT))
     lines = [l for l in p.stdout.splitlines() if l.startswith('{')]
@@ -111,21 +106,29 @@ def run_variant_subprocess(script, variant, extra=(), timeout=1800):
 
 
 def run_rounds(script, names, rounds, extra=()):
-    "Run every variant once per round, interleaved so machine load hits all alike; collect timings and round-0 outputs"
+    """Run every variant once per round, interleaved so machine load hits all alike; collect timings and round-0 outputs.
+    The children share a fresh inductor cache: round 0 compiles cold, later rounds hit the FX-graph/AOT caches"""
     results = {n: dict(variant=n, times=[], cpu=[], peaks=[], firsts=[]) for n in names}
     with tempfile.TemporaryDirectory() as tmp:
+        env = {'TORCHINDUCTOR_CACHE_DIR': f'{tmp}/inductor'}
         for r in range(rounds):
             for n in names:
                 out = f'{tmp}/{n}_{r}.pt'
-                res = run_variant_subprocess(script, n, ['--out', out, *extra])
+                res = run_variant_subprocess(script, n, ['--out', out, *extra], env=env)
                 R = results[n]
                 if 'error' in res or 'skipped' in res:
                     R.update(res); print(f'round {r} {n}: {res}', file=sys.stderr, flush=True); continue
                 R['times'] += res['times']; R['cpu'] += res['cpu']; R['firsts'].append(res['first']); R['peaks'].append(res['peak_bytes'])
                 if r == 0: R['out'] = torch.load(out)
-                print(f"round {r} {n}: wall {[round(t, 2) for t in res['times']]} s, cpu {[round(t, 2) for t in res['cpu']]} s",
+                print(f"round {r} {n}: first {res['first']:.1f} s, wall {[round(t, 2) for t in res['times']]} s, "
+                      f"cpu {[round(t, 2) for t in res['cpu']]} s",
                       file=sys.stderr, flush=True)
     return results
+
+
+def firsts(R):
+    "First-iteration seconds of each round, '/'-joined (round 0: cold inductor cache)"
+    return '/'.join(f'{f:.1f}' for f in R['firsts'])
 
 
 def median(ts):
@@ -134,11 +137,13 @@ def median(ts):
 
 
 def timing_row(name, results, unit):
-    "Table row of one variant's median wall/CPU seconds and speed-ups vs 'faithful'; `None` times if it did not run"
+    """Table row of one variant's median wall/CPU seconds, its fastest (least disturbed) sample and speed-ups vs
+    'faithful'; `None` times if it did not run"""
     R = results[name]
     if 'skipped' in R or 'error' in R: return {'variant': name, unit: 'skipped' if 'skipped' in R else 'error'}, None
     t, c = median(R['times']), median(R['cpu'])
-    row = {'variant': name, unit: f'{t:.2f}', f'CPU {unit}': f'{c:.2f}', 'peak MB': f'{max(R["peaks"]) / 2**20:.0f}'}
+    row = {'variant': name, unit: f'{t:.2f}', f'CPU {unit}': f'{c:.2f}', f'best {unit}': f'{min(R["times"]):.2f}',
+           'peak MB': f'{max(R["peaks"]) / 2**20:.0f}'}
     base = results.get('faithful')
     if base and base['times']:
         row['speed-up'] = f"{median(base['times']) / t:.2f}x"

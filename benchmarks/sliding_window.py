@@ -3,8 +3,9 @@
 ViT-B/16 VOC model (crop 512, random recipe weights from `tests/golden/recipe.py`, golden head weights),
 `semivl.evaluate.zegclip_sliding_window` with crop 512 / stride 426 (two 512x512 windows), eval mode, no autograd,
 `torch.set_num_threads(2)`. Each variant runs in a fresh interpreter; variants are interleaved over `--rounds`.
-Prints s/image (median), images/s, the first call (warm-up / compilation), peak memory (CPU RSS above the
-after-build level; CUDA max_memory_allocated) and the max |difference| of the merged logits and the share of pixels
+Prints s/image (median), images/s, the first call of each round (warm-up / compilation; round 0 compiles with an
+empty inductor cache), peak memory (CPU: the kernel's RSS high-water mark over all calls above the RSS of the built
+model; CUDA max_memory_allocated) and the max |difference| of the merged logits and the share of pixels
 whose argmax changes, against the faithful variant.
 
     python benchmarks/sliding_window.py
@@ -19,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import torch
 
-from common import PeakRSS, build_model, fmt_table, run_rounds, timing_row
+from common import build_model, firsts, fmt_table, peak_rss, reset_peak_rss, run_rounds, timing_row
 
 VARIANTS = {
     'faithful': ("official: one window per forward, open_clip blocks + separate value-path pass, the unused last "
@@ -60,16 +61,16 @@ def run_one(name, args):
         sync()
         return out
 
+    import gc; gc.collect()
     if dev.type == 'cuda': torch.cuda.reset_peak_memory_stats()
-    times, cpu = [], []          # timed without the RSS sampler (it slows the run down), peak from one more call
+    base = reset_peak_rss()                    # CPU peak: kernel high-water mark above the built model, all calls
+    times, cpu = [], []
     t0 = time.perf_counter(); out = call(); first = time.perf_counter() - t0
     torch.save(out.cpu().clone(), args.out); del out
     for _ in range(args.iters):
         t0, c0 = time.perf_counter(), time.process_time(); call()
         times.append(time.perf_counter() - t0); cpu.append(time.process_time() - c0)
-    import gc; gc.collect()
-    with PeakRSS(0.02) as mem: call()
-    peak = torch.cuda.max_memory_allocated() if dev.type == 'cuda' else mem.delta
+    peak = torch.cuda.max_memory_allocated() if dev.type == 'cuda' else peak_rss() - base
     print(json.dumps(dict(variant=name, times=times, cpu=cpu, first=first, peak_bytes=peak)))
 
 
@@ -83,15 +84,15 @@ def main(args):
         row, t = timing_row(n, results, 's/image')
         if t is not None:
             R = results[n]
-            row.update({'images/s': f'{1 / t:.3f}', 'first call s': f'{max(R["firsts"]):.1f}'})
+            row.update({'images/s': f'{1 / t:.3f}', 'first call s': firsts(R)})
             if ref is not None:
                 row['max|Δlogit|'] = f'{(R["out"] - ref).abs().max().item():.1e}'
                 row['argmax changed'] = f'{(R["out"].argmax(1) != ref.argmax(1)).float().mean().item():.1e}'
         rows.append(row)
     print(f"\nzegclip sliding window (crop 512, stride 426: 2 windows) of one 512x683 image: ViT-B/16 VOC model, "
           f"{args.threads} threads, device {args.device}; {args.rounds} interleaved rounds x {args.iters} timed calls "
-          f"per variant (median); CPU s = user+sys seconds of the process (robust to other jobs, wall-clock is not)\n")
-    print(fmt_table(rows, ['variant', 's/image', 'speed-up', 'CPU s/image', 'CPU speed-up', 'images/s', 'first call s', 'peak MB', 'max|Δlogit|',
+          f"per variant (median); CPU s = user+sys seconds of the process (less load-dependent than wall-clock, but an OpenMP thread that waits for a descheduled partner spins, so it grows under oversubscription too); best = fastest single timed sample (least disturbed by other jobs)\n")
+    print(fmt_table(rows, ['variant', 's/image', 'speed-up', 'CPU s/image', 'CPU speed-up', 'best s/image', 'images/s', 'first call s', 'peak MB', 'max|Δlogit|',
                            'argmax changed']))
     print('\nGolden tolerance for sliding-window logits: atol 1e-5 (head logits of the x100-scaled head: rtol/atol 1e-4)')
     for n in names:

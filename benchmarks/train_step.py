@@ -4,8 +4,10 @@ Same inputs for every variant: the golden crop-128 step (`tests/golden/train_ste
 the random weights of `tests/golden/recipe.py`, batch 2, `torch.set_num_threads(2)`. Each variant runs in a fresh
 interpreter (RSS high-water marks are per process); variants are interleaved over `--rounds` rounds so that load
 changes on a shared machine hit all of them alike. Prints s/iteration (median of the timed iterations of all
-rounds), images/s, the first iteration (warm-up, includes compilation), peak memory (CPU: RSS above the
-level before a separate, last iteration, sampled every 20 ms (not during the timed ones); CUDA: max_memory_allocated) and the max |difference| of the losses and
+rounds), images/s, the first iteration of each round (warm-up, includes compilation: the rounds share a fresh
+inductor cache, so round 0 compiles cold and round 1 reuses the cached graphs), peak memory (CPU: the kernel's RSS
+high-water mark over all iterations above the RSS of the built model, so gradients and AdamW states count and, for
+`kit+compile`, the compiler's own memory too; CUDA: max_memory_allocated) and the max |difference| of the losses and
 predictions of the first iteration against the faithful variant.
 
     python benchmarks/train_step.py                        # all variants, 2 rounds of 2 timed iterations
@@ -20,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import torch
 
-from common import (OFFICIAL_ANCHOR, PeakRSS, build_model, fmt_table, golden, run_rounds, run_variant_subprocess,
-                    step_inputs, timing_row)
+from common import (OFFICIAL_ANCHOR, build_model, firsts, fmt_table, golden, peak_rss, reset_peak_rss, run_rounds,
+                    run_variant_subprocess, step_inputs, timing_row)
 
 LOSSES = ['loss', 'loss_x', 'loss_s1', 'loss_s2', 'loss_fp', 'loss_mc_s1', 'loss_mc_s2', 'loss_mc_fp']
 PREDS = ['pred_w_other', 'pred_x', 'pred_w', 'pred_w_fp', 'pred_s1', 'pred_s2']
@@ -29,20 +31,20 @@ PREDS = ['pred_w_other', 'pred_x', 'pred_w', 'pred_w_fp', 'pred_s1', 'pred_s2']
 # name: (what it is, ModelCfg overrides, options)
 VARIANTS = {
     'faithful': ("official computation: open_clip blocks + separate value-path passes, the unused last block, "
-                 "naive (math) attention, full 3x3 ASPP taps, skip features repeated per class and concatenated; fp32 eager", {}, dict(faithful=True, math_attn=True)),
+                 "naive (math) attention, full 3x3 ASPP taps, skip features repeated per class and concatenated, "
+                 "FP branch decoded for the labeled images too (their logits are dropped); fp32 eager", {},
+                 dict(faithful=True, math_attn=True)),
     'faithful+sdpa': ("faithful, attention through scaled_dot_product_attention's fused CPU/CUDA kernel", {},
                       dict(faithful=True)),
     'kit': ("kit defaults: fused blocks (one ln_1 + qkv for block and value path), last block's attention "
-            "skipped, SDPA, padding-only ASPP taps skipped, skip conv once per image", {}, {}),
+            "skipped, SDPA, padding-only ASPP taps skipped, skip conv once per image, FP branch decoded for the "
+            "unlabeled images only (`train_step` passes `fp_rows`)", {}, {}),
     'kit+ckpt': ("kit + activation checkpointing of the backbone blocks", dict(grad_checkpointing=True), {}),
     'kit+channels_last': ("kit + channels_last decoder (weights and conv inputs)", {}, dict(channels_last=True)),
     'kit+compile': ("kit + torch.compile of backbone, MaskCLIP twin and decoder (inductor)", {}, dict(compile=True)),
     'kit+bf16': ("kit + bf16 autocast (CUDA, or a CPU with AVX512-BF16/AMX)", {}, dict(bf16=True)),
-    'kit+fp_w_only': ("kit + the FP branch decoded for the unlabeled images only (`forward_fp(..., fp_rows=B)`; "
-                      "the official step also decodes the never-used labeled FP logits). Needs a one-line "
-                      "train_step change, emulated here", {}, dict(fp_w_only=True)),
 }
-DEFAULT_VARIANTS = ['faithful', 'faithful+sdpa', 'kit', 'kit+fp_w_only', 'kit+ckpt', 'kit+channels_last',
+DEFAULT_VARIANTS = ['faithful', 'faithful+sdpa', 'kit', 'kit+ckpt', 'kit+channels_last',
                     'kit+bf16', 'kit+compile']
 
 
@@ -63,18 +65,18 @@ def apply_variant(model, opts):
         model.backbone.fused = model.clip_encoder.fused = False
         DilatedConv2d.forward = torch.nn.Conv2d.forward          # all 9 taps, as the official ASPP
         Up.forward = _up_concat_forward                          # skip repeated per class and concatenated
+        fwd = model.forward_fp
+        def forward_fp(img, fp_keep_masks=None, p=0.5, fp_rows=None):
+            "The official step perturbs and decodes every row, then uses the last `fp_rows` (unlabeled) ones"
+            clean, pert = fwd(img, fp_keep_masks, p)
+            return clean, pert if fp_rows is None else pert[pert.shape[0] - fp_rows:]
+        model.forward_fp = forward_fp
     if opts.get('channels_last'):
         model.decode_head.to(memory_format=torch.channels_last)
         conv_fwd = torch.nn.Conv2d._conv_forward
         def cl_forward(self, x, w, b): return conv_fwd(self, x.contiguous(memory_format=torch.channels_last), w, b)
         for m in model.decode_head.modules():
             if isinstance(m, torch.nn.Conv2d): m._conv_forward = cl_forward.__get__(m)
-    if opts.get('fp_w_only'):
-        fwd = model.forward_fp
-        def forward_fp(img, fp_keep_masks=None, p=0.5):
-            clean, pert = fwd(img, fp_keep_masks, p, fp_rows=img.shape[0] // 2)
-            return clean, torch.cat([torch.zeros_like(pert), pert])    # train_step uses only the second half
-        model.forward_fp = forward_fp
     if opts.get('compile'):
         for m in (model.backbone, model.clip_encoder, model.decode_head): m.compile()
     ctx = []
@@ -120,9 +122,9 @@ def run_one(name, args):
         sync()
         return out
 
+    import gc; gc.collect()
     if dev.type == 'cuda': torch.cuda.reset_peak_memory_stats()
-    # timing without the RSS sampler (its 5 ms /proc reads slow the step down several-fold), then one more
-    # iteration under the sampler for the peak
+    base = reset_peak_rss()                    # CPU peak: kernel high-water mark above the built model, whole run
     times, cpu = [], []
     t0 = time.perf_counter(); out = iteration(keep=True); first = time.perf_counter() - t0
     keep = {k: out[k].detach().float().cpu() for k in LOSSES + PREDS}
@@ -130,10 +132,8 @@ def run_one(name, args):
     for _ in range(args.iters):
         t0, c0 = time.perf_counter(), time.process_time(); iteration()
         times.append(time.perf_counter() - t0); cpu.append(time.process_time() - c0)
-    import gc; gc.collect()
-    with PeakRSS(0.02) as mem: iteration()
     if args.out != '/dev/null': torch.save(keep, args.out)
-    peak = torch.cuda.max_memory_allocated() if dev.type == 'cuda' else mem.delta
+    peak = torch.cuda.max_memory_allocated() if dev.type == 'cuda' else peak_rss() - base
     print(json.dumps(dict(variant=name, times=times, cpu=cpu, first=first, peak_bytes=peak, out=args.out)))
 
 
@@ -175,7 +175,7 @@ def main(args):
         row, t = timing_row(n, results, 's/iter')
         if t is not None:
             R = results[n]
-            row.update({'images/s': f'{3 * args.batch / t:.2f}', 'first iter s': f'{max(R["firsts"]):.1f}'})
+            row.update({'images/s': f'{3 * args.batch / t:.2f}', 'first iter s': firsts(R)})
             if ref is not None:
                 dl, dp = diffs(R['out'], ref)
                 row.update({'max|Δloss|': f'{dl:.1e}', 'max|Δpred|': f'{dp:.1e}'})
@@ -186,9 +186,9 @@ def main(args):
     print(f"\nSemiVL training iteration: ViT-B/16 (random recipe weights), crop {args.crop}, batch {args.batch}, "
           f"{args.threads} threads, device {args.device}; {args.rounds} interleaved rounds x {args.iters} timed "
           f"iterations per variant (median); images/s counts labeled + unlabeled + mix-partner samples (3 x batch); "
-          f"CPU s = user+sys seconds of the process (robust to other jobs on a shared machine, wall-clock is not)")
+          f"CPU s = user+sys seconds of the process (less load-dependent than wall-clock, but an OpenMP thread that waits for a descheduled partner spins, so it grows under oversubscription too); best = fastest single timed sample (least disturbed by other jobs)")
     print(f"anchor: {OFFICIAL_ANCHOR}\n")
-    print(fmt_table(rows, ['variant', 's/iter', 'speed-up', 'CPU s/iter', 'CPU speed-up', 'images/s', 'first iter s', 'peak MB', 'max|Δloss|',
+    print(fmt_table(rows, ['variant', 's/iter', 'speed-up', 'CPU s/iter', 'CPU speed-up', 'best s/iter', 'images/s', 'first iter s', 'peak MB', 'max|Δloss|',
                            'max|Δpred|', 'golden loss rel', 'golden pred abs']))
     print('\nGolden tolerances: losses rtol 1e-3, predictions atol 5e-3.')
     for n in names:
