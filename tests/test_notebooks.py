@@ -46,7 +46,9 @@ def test_train_notebook_writes_final_metrics(trained, method):
     its = [int(r.split(',')[0]) for r in rows[1:]]
     assert rows[0].startswith('it,') and its == sorted(set(its)) and its[-1] == 3   # one fresh log, to the end
     n_png = sum(1 for c in nb.cells for o in c.get('outputs', []) if 'image/png' in o.get('data', {}))
-    assert n_png == 2 + 2 * SNAPSHOTS[method]     # batch grid, (curves + snapshot) per chunk, IoU bars
+    assert n_png == 3 + 2 * SNAPSHOTS[method]     # batch grid, (curves + snapshot) per chunk, last dump, IoU bars
+    chunk = -(-3 // SNAPSHOTS[method])                                  # debug dumps every chunk length
+    assert sorted(p.name for p in (out/'debug').glob('it*.npz')) == [f'it{i:06d}.npz' for i in range(chunk, 4, chunk)]
     if method == 'semivl': assert 'train/loss_mc_fp' in rows[0]
     if method == 'supervised': assert 'train/loss_s1' not in rows[0]
 
