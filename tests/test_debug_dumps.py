@@ -15,14 +15,7 @@ from semivl.train import TrainCfg, load_checkpoint, train
 from semivl.viewer import DUMP_VIEWS, DebugDumps, DebugDumpViewer, plot_debug_dump
 
 ITERS = 4
-
-
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    "Tiny runs: one thread is faster than fighting over the CPU (and both runs must use the same count)"
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # conftest.py
 
 
 def toy_run(out_dir, iters=ITERS, resume=True, **kw):

@@ -25,14 +25,7 @@ from semivl.train import (CheckpointError, ConfigError, NonFiniteLossError, Trai
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS='1',
            PYTHONPATH=os.pathsep.join([str(REPO)] + [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]))
-
-
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    "The toy runs are tiny: one thread is faster than fighting over the CPU"
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')   # conftest.py
 
 
 # ---------------------------------------------------------------- a toy world: stub segmentor + in-memory data
