@@ -167,7 +167,7 @@ def test_toy_preset_builds_on_the_toy_clip(readout):
 def test_toy_guidance_tells_look_alikes_apart():
     """The toy preset's MaskCLIP guidance from the shipped tiny CLIP, as training builds it (the world's prompts,
     background offset calibrated on 20 labeled images): dense labels on toy val good enough to teach texture.
-    The official single-pass read-out (guidance_zoom=1) gets texture at chance (about 0.54) and fails this."""
+    The official single-pass read-out (guidance_zoom=1: mIoU 26.8, texture 0.536) fails this."""
     from semivl.evaluate import ConfusionMatrix
     from semivl.segmentor import fit_guidance_bg_bias
     from semivl.text import dataset_text
@@ -180,11 +180,11 @@ def test_toy_guidance_tells_look_alikes_apart():
     norm = lambda a: normalize_batch({'img': torch.from_numpy(a).permute(0, 3, 1, 2)})['img']
     lx, ly = load_split(root, 'splits/20/labeled.txt')
     bias = fit_guidance_bg_bias(seg, norm(lx), torch.from_numpy(ly).long())
-    assert 0.2 < bias < 0.6, bias       # the background prompt alone is too weak (measured 0.40-0.46)
+    assert 0.2 < bias < 0.6, bias       # the background prompt alone is too weak (measured 0.41)
     vx, vy = load_split(root, 'splits/val.txt')
     pred = torch.cat([seg.maskclip_pseudo_label(norm(vx[i:i + 100]), conf_thresh=0.) for i in range(0, len(vx), 100)])
     y = torch.from_numpy(vy).long()
     miou = ConfusionMatrix(11).update(pred, y).compute()['miou']
     obj = (y > 0) & (y < 255) & (pred > 0) & ((pred - 1) // 2 == (y - 1) // 2)   # object pixels of the right colour
     texture = ((pred[obj] - 1) % 2 == (y[obj] - 1) % 2).float().mean().item()
-    assert miou >= 45 and texture >= .7, (miou, texture)                           # measured 52.3 / 0.756
+    assert miou >= 45 and texture >= .7, (miou, texture)                           # measured 52.7 / 0.760
