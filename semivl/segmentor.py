@@ -50,7 +50,7 @@ class ModelCfg(Cfg):
     conv1_ksize: int = 7
 
     @classmethod
-    def preset(cls, name: str, # 'voc' | 'coco' | 'ade' | 'cityscapes' (exp 40-44) | 'toy' (tiny CLIP, 64 px)
+    def preset(cls, name: str, # 'voc' | 'coco' | 'ade' | 'cityscapes' (exp 40-44) | 'toy' (tiny CLIP, 64-px crops)
               ) -> 'ModelCfg':
         "Headline model settings of a dataset"
         kw = {'voc': {}, 'coco': dict(num_classes=81), 'ade': dict(num_classes=150),
@@ -58,7 +58,7 @@ class ModelCfg(Cfg):
                                  skip_channels=(32, 32), renorm_clip=True),
               # toy: the tiny CLIP (4 blocks, 8-px patches) read out without MLPs, and a half-width head (~7x faster)
               'toy': dict(num_classes=11, crop_size=64, clip_img_size=64, skip_blocks=(0, 2),
-                          dense_readout='value_residual', numerics='clip_native', renorm_clip=True, guidance_zoom=2,
+                          dense_readout='value_residual', numerics='clip_native', renorm_clip=True,
                           channels=64, text_channels=64, up_channels=(32, 16), skip_channels=(16, 16),
                           channels_last=True)}
         if name not in kw: raise KeyError(f"unknown preset {name!r}; choose from {list(kw)}")

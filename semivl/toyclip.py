@@ -16,7 +16,7 @@ from torchvision.ops import roi_align
 from tqdm.auto import tqdm
 
 from .core import CLIP_MEAN, CLIP_STD, Cfg, assets_dir, seed_everything
-from .toyworld import CLASSES, COLOURS, SIZE, TEXTURES, caption, make_caption_corpus, render_scene
+from .toyworld import CLASSES, COLOURS, CLIP_SIZE, TEXTURES, caption, make_caption_corpus, render_scene
 
 # %% auto #0
 __all__ = ['toy_vocab', 'WordTokenizer', 'toy_clip_config', 'create_toy_clip', 'to_clip_input', 'multi_positive_clip_loss',
@@ -62,11 +62,11 @@ class WordTokenizer:
 def toy_clip_config(vocab_size: int = len(toy_vocab())) -> dict:
     "open_clip `local-dir` config of the tiny CLIP: {'model_cfg': ..., 'preprocess_cfg': ...}"
     return {'model_cfg': {'embed_dim': 128,
-                          'vision_cfg': {'image_size': SIZE, 'patch_size': 8, 'width': 128, 'layers': 4,
+                          'vision_cfg': {'image_size': CLIP_SIZE, 'patch_size': 8, 'width': 128, 'layers': 4,
                                          'head_width': 32, 'pool_type': 'avg'},
                           'text_cfg': {'context_length': 32, 'vocab_size': vocab_size, 'width': 128,
                                        'heads': 4, 'layers': 2}},
-            'preprocess_cfg': {'size': SIZE, 'mean': list(CLIP_MEAN), 'std': list(CLIP_STD),
+            'preprocess_cfg': {'size': CLIP_SIZE, 'mean': list(CLIP_MEAN), 'std': list(CLIP_STD),
                                'interpolation': 'bicubic', 'resize_mode': 'shortest'}}
 
 def create_toy_clip(config: dict | None = None) -> open_clip.CLIP:
@@ -113,12 +113,12 @@ def _crop_table(objects: list[list[dict]], min_visible: float = .6) -> np.ndarra
     return np.array(rows, np.float32).reshape(-1, 5)
 
 def _crop(images: torch.Tensor, rows: np.ndarray, sides: np.ndarray, rng) -> tuple[torch.Tensor, np.ndarray]:
-    "Square crops of side `sides` around each row's object (jittered), resampled to SIZE; and their boxes"
+    "Square crops of side `sides` around each row's object (jittered), resampled to CLIP_SIZE; and their boxes"
     cy, cx = rows[:, 1] + rng.uniform(-.15, .15, len(rows)) * sides, rows[:, 2] + rng.uniform(-.15, .15, len(rows)) * sides
-    x0 = np.clip(cx - sides / 2, 0, SIZE - sides); y0 = np.clip(cy - sides / 2, 0, SIZE - sides)
+    x0 = np.clip(cx - sides / 2, 0, CLIP_SIZE - sides); y0 = np.clip(cy - sides / 2, 0, CLIP_SIZE - sides)
     boxes = np.stack([x0, y0, x0 + sides, y0 + sides], 1)
     rois = torch.tensor(np.concatenate([np.arange(len(rows))[:, None], boxes], 1), dtype=torch.float32)
-    return roi_align(images, rois, output_size=SIZE, spatial_scale=1., sampling_ratio=2, aligned=True), boxes
+    return roi_align(images, rois, output_size=CLIP_SIZE, spatial_scale=1., sampling_ratio=2, aligned=True), boxes
 
 def _crop_classes(mask: np.ndarray, box: np.ndarray, main: int) -> list[int]:
     "Classes a crop shows: its object first, then others covering enough of the box"
@@ -144,8 +144,8 @@ def sample_batch(corpus: dict, crops: np.ndarray, batch_size: int, rng: np.rando
         caps.append(caption([classes[j] for j in rng.permutation(len(classes))])); keys.append(_key(classes))
     rows = crops[rng.integers(0, len(crops), n_crop)]
     lo = np.maximum(2 * rows[:, 3], 16)  # tight crops (2-3 radii: mostly the object alone) or wide ones
-    hi = np.where(rng.random(n_crop) < wide_crops, SIZE, 3 * rows[:, 3])
-    sides = np.minimum(SIZE, rng.uniform(lo, np.maximum(lo, hi)))
+    hi = np.where(rng.random(n_crop) < wide_crops, CLIP_SIZE, 3 * rows[:, 3])
+    sides = np.minimum(CLIP_SIZE, rng.uniform(lo, np.maximum(lo, hi)))
     src_i = rows[:, 0].astype(int)
     crop_imgs, boxes = _crop(torch.from_numpy(corpus['images'][src_i]).permute(0, 3, 1, 2).float(), rows, sides, rng)
     for i, box, c in zip(src_i, boxes, rows[:, 4].astype(int)):
@@ -163,17 +163,17 @@ def heldout_crops(n_scenes: int = 400, seed: int = 999) -> tuple[torch.Tensor, n
     "Deterministic held-out object crops (CLIP-normalised) showing one class only, and their class ids"
     imgs, masks, objs = [], [], []
     for i in range(n_scenes):
-        img, mask, o = render_scene(np.random.default_rng([seed, 4, i]))
+        img, mask, o = render_scene(np.random.default_rng([seed, 4, i]), size=CLIP_SIZE)
         imgs.append(img); masks.append(mask); objs.append(o)
     rows = _crop_table(objs)
-    sides = np.clip(2.4 * rows[:, 3], 24, SIZE).astype(np.float32)
-    x0 = np.clip(rows[:, 2] - sides / 2, 0, SIZE - sides); y0 = np.clip(rows[:, 1] - sides / 2, 0, SIZE - sides)
+    sides = np.clip(2.4 * rows[:, 3], 24, CLIP_SIZE).astype(np.float32)
+    x0 = np.clip(rows[:, 2] - sides / 2, 0, CLIP_SIZE - sides); y0 = np.clip(rows[:, 1] - sides / 2, 0, CLIP_SIZE - sides)
     boxes = np.stack([x0, y0, x0 + sides, y0 + sides], 1)
     clean = np.array([len(_crop_classes(masks[int(r[0])], b, int(r[4]))) == 1 for r, b in zip(rows, boxes)])
     rows, boxes = rows[clean], boxes[clean]
     src = torch.from_numpy(np.stack(imgs)[rows[:, 0].astype(int)]).permute(0, 3, 1, 2).float()
     rois = torch.tensor(np.concatenate([np.arange(len(rows))[:, None], boxes], 1), dtype=torch.float32)
-    crops = roi_align(src, rois, output_size=SIZE, spatial_scale=1., sampling_ratio=2, aligned=True)
+    crops = roi_align(src, rois, output_size=CLIP_SIZE, spatial_scale=1., sampling_ratio=2, aligned=True)
     return to_clip_input(crops / 255), rows[:, 4].astype(int)
 
 @torch.no_grad()

@@ -348,7 +348,7 @@ def test_real_toyworld_layout(tmp_path):
     x = next(iter(build_loader(SemiDataset(root, 'train_l', split, nsample=len(du)), 4, num_workers=0)))
     assert x['mask'].shape == (4, 64, 64) and x['mask'].max() <= 255
     v = SemiDataset(root, 'val')[0]
-    assert v['img'].shape == (3, 64, 64) and v['mask'].shape == (64, 64)
+    assert v['img'].shape == (3, 128, 128) and v['mask'].shape == (128, 128)   # val: the whole 128-px scene
     rep = check_dataset(root, progress=False)
     assert rep.ok, rep.problems
     assert (rep.class_images > 0).sum() >= 6

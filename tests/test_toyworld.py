@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from semivl.toyworld import CLASSES, SPLIT_SIZES, VERSION, ensure_toyworld, render_scene, write_toyworld
+from semivl.toyworld import CLASSES, SIZE, SPLIT_SIZES, VERSION, ensure_toyworld, render_scene, write_toyworld
 
 
 def _digest(root: Path) -> dict:
@@ -60,7 +60,7 @@ def test_default_world_layout(world):
         img, mask = line.split(' ')
         assert img.startswith('images/') and mask.startswith('masks/') and Path(img).name == Path(mask).name
         x, y = np.array(Image.open(world/img)), np.array(Image.open(world/mask))
-        assert x.shape == (64, 64, 3) and x.dtype == np.uint8 and y.shape == (64, 64) and y.dtype == np.uint8
+        assert x.shape == (SIZE, SIZE, 3) and x.dtype == np.uint8 and y.shape == (SIZE, SIZE) and y.dtype == np.uint8
         assert set(np.unique(y).tolist()) <= set(range(len(CLASSES))) | {255}
 
 
