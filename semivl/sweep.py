@@ -8,8 +8,8 @@ import argparse, csv, itertools, json, math, sys, time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['ROW_FIELDS', 'sweep_grid', 'run_one', 'run_rows', 'mean_std', 'summarize', 'markdown_table', 'write_tables',
-           'parse_value', 'get_args_parser', 'main']
+__all__ = ['ROW_FIELDS', 'sweep_grid', 'run_one', 'run_rows', 'mean_std', 'summarize', 'markdown_table', 'class_iou_table',
+           'write_tables', 'parse_value', 'get_args_parser', 'main']
 
 # %% ../nbs/12_sweep.ipynb #a4ca1344
 def sweep_grid(methods: list[str] = ('supervised', 'unimatch', 'semivl'), # training methods
@@ -90,11 +90,24 @@ def markdown_table(rows: list[dict], cols: list[str], fmt: dict | None = None) -
     lines += ['| ' + ' | '.join(cell(r, c) for c in cols) + ' |' for r in rows]
     return '\n'.join(lines)
 
+def class_iou_table(results: list[dict]) -> str:
+    "Markdown table: per (split, method), each class's IoU averaged over the successful runs that report it"
+    groups = {}
+    for r in results:
+        if r.get('status') in ('ok', 'cached') and r.get('iou_per_class'):
+            groups.setdefault((str(r.get('split', '')), r.get('method', '')), []).append(r['iou_per_class'])
+    if not groups: return ''
+    classes = list(next(iter(groups.values()))[0])
+    rows = [dict(split=s, method=m, n=len(v), **{c: sum(x.get(c, 0.) for x in v) / len(v) for c in classes})
+            for (s, m), v in groups.items()]
+    return markdown_table(rows, ['split', 'method', 'n'] + classes, {c: (lambda v: f'{float(v):.1f}') for c in classes})
+
 def write_tables(rows: list[dict],       # from `run_rows`
                  csv_path: str | Path,   # one row per run
                  md_path: str | Path | None = None, # summary + runs as markdown
                  title: str = 'Sweep results',
                  note: str = '',         # a line under the title (the command, the schedule)
+                 results: list[dict] | None = None, # the runs' metrics: adds the per-class IoU table
                 ) -> str:
     "Write the CSV (and markdown); returns the markdown text"
     csv_path = Path(csv_path); csv_path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,6 +117,7 @@ def write_tables(rows: list[dict],       # from `run_rows`
     f1 = lambda v: f'{float(v):.1f}'
     md = '\n\n'.join([f'## {title}', note,
                       markdown_table(summary, ['dataset', 'split', 'method', 'n', 'miou']).replace('| miou |', '| mIoU (mean ± std) |'),
+                      *(['### Per-class IoU (mean over seeds)', class_iou_table(results)] if results else []),
                       '### Runs',
                       markdown_table(rows, list(ROW_FIELDS), dict(miou=f1, acc=f1, train_seconds=f1, wall_seconds=f1))]) + '\n'
     if md_path is not None:
@@ -148,7 +162,7 @@ def main(args) -> list[dict]:
     out = Path(args.out)
     note = (f"`python -m semivl.sweep {' '.join(sys.argv[1:])}`" if sys.argv and sys.argv[0].endswith('sweep.py')
             else '') + ''.join(f' · {k}={v}' for k, v in extra.items())
-    md = write_tables(run_rows(results), args.csv or out/'results.csv', args.md or out/'results.md',
+    md = write_tables(run_rows(results), args.csv or out/'results.csv', args.md or out/'results.md', results=results,
                       title=f'{args.dataset}: ' + ', '.join(args.methods), note=note)
     print(md)
     return results
