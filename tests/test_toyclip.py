@@ -13,7 +13,7 @@ import torch
 
 from semivl.toyclip import (WordTokenizer, dense_zero_shot_eval, heldout_crops, load_toy_clip, toy_clip_dir,
                             zero_shot_eval)
-from semivl.toyworld import ensure_toyworld, write_toyworld
+from semivl.toyworld import write_toyworld
 
 REPO = Path(__file__).parents[1]
 
