@@ -16,11 +16,26 @@ from open_clip.transformer import VisionTransformer, ResidualAttentionBlock
 from torch.utils.checkpoint import checkpoint
 
 # %% auto #0
-__all__ = ['read_state_dict', 'load_clip', 'resize_pos_embed', 'value_path', 'block_forward', 'ClipBackbone', 'clone_visual',
-           'frozen_clip_encoder', 'official_to_visual', 'visual_to_official', 'load_official_backbone']
+__all__ = ['CHECKPOINT_NAMES', 'resolve_weights', 'read_state_dict', 'pretrained_tag_of', 'load_clip', 'run_clip',
+           'resize_pos_embed', 'value_path', 'block_forward', 'ClipBackbone', 'clone_visual', 'frozen_clip_encoder',
+           'official_to_visual', 'visual_to_official', 'load_official_backbone']
 
 # %% ../nbs/04_clip.ipynb #1fd9cfa3
 _OPENAI_EXTRA_KEYS = ('input_resolution', 'context_length', 'vocab_size')
+# open_clip's weight file names in a model folder (its `local-dir` layout and the HF hub snapshots), in its own order
+CHECKPOINT_NAMES = ('open_clip_model.safetensors', 'open_clip_pytorch_model.safetensors', 'open_clip_pytorch_model.bin',
+                    'model.safetensors', 'pytorch_model.bin')
+
+def resolve_weights(weights: str | Path, # a checkpoint file, or a folder holding one (and maybe open_clip_config.json)
+                   ) -> tuple[Path, dict | None]:
+    "`(checkpoint file, the folder's open_clip_config.json as a dict or None)`"
+    p = Path(weights).expanduser()
+    if not p.exists(): raise FileNotFoundError(f"CLIP weights not found: {p}")
+    if not p.is_dir(): return p, None
+    ckpt = next((p/n for n in CHECKPOINT_NAMES if (p/n).is_file()), None)
+    if ckpt is None: raise FileNotFoundError(f"no CLIP weights in folder {p}: expected one of {', '.join(CHECKPOINT_NAMES)}")
+    cfg = p/'open_clip_config.json'
+    return ckpt, json.loads(cfg.read_text()) if cfg.is_file() else None
 
 def read_state_dict(path: str | Path, # .pt/.pth/.bin (torch or TorchScript archive) or .safetensors
                    ) -> dict:
@@ -49,26 +64,60 @@ def _model_config(model) -> tuple[dict, str | None]:
     return cfg, model
 
 # %% ../nbs/04_clip.ipynb #98d3a256
+def pretrained_tag_of(path: str | Path, # a weights file or folder
+                     ) -> tuple[str, str] | None:
+    "`(architecture, tag)` of the open_clip pretrained weights that `path` is a cached download of, or None"
+    s = str(Path(path).expanduser().resolve())
+    for name, tag in open_clip.list_pretrained():
+        pc = open_clip.get_pretrained_cfg(name, tag)
+        hub = pc.get('hf_hub', '').strip('/')
+        # the HF cache keeps repo 'timm/vit_base_patch16_clip_224.openai' as models--timm--vit_base_patch16_clip_224.openai
+        if hub and ('models--' + hub.replace('/', '--') in s or s.rstrip('/').endswith(hub)): return name, tag
+        if pc.get('url') and Path(s).name == Path(pc['url']).name: return name, tag
+    return None
+
+def _quick_gelu_choice(quick_gelu, sd, folder_cfg, name, pretrained, weights, cfg) -> tuple[bool, str]:
+    "(QuickGELU on?, why): the activation the weights were trained with (see the list above)"
+    if quick_gelu is not None: return bool(quick_gelu), 'quick_gelu argument'
+    if sd is not None and 'input_resolution' in sd: return True, 'OpenAI checkpoint'
+    if folder_cfg is not None and 'quick_gelu' in folder_cfg.get('model_cfg', {}):
+        return bool(folder_cfg['model_cfg']['quick_gelu']), "the folder's open_clip_config.json"
+    found = (name, pretrained) if pretrained else pretrained_tag_of(weights) if isinstance(weights, (str, Path)) else None
+    if found and found[0]:
+        pc = open_clip.get_pretrained_cfg(*found)
+        if not pc: raise ValueError(f"open_clip has no pretrained tag {found[1]!r} for {found[0]!r}: "
+                                    f"choose from {open_clip.list_pretrained_tags_by_model(found[0])}")
+        return bool(pc.get('quick_gelu', False)), f"open_clip's pretrained config {found[0]}/{found[1]}"
+    return bool(cfg.get('quick_gelu', False)), f"the architecture config{f' {name}' if name else ''}"
+
 def load_clip(model: str | Path | dict = 'ViT-B-16', # open_clip architecture name, or model-config JSON path/dict
-              weights: str | Path | dict | None = None, # LOCAL checkpoint file or state dict; None: random init
+              weights: str | Path | dict | None = None, # LOCAL checkpoint file, model folder or state dict; None: random
               tokenizer=None, # text -> LongTensor tokens; default: open_clip's tokenizer for `model`
-              quick_gelu: bool | None = None, # None: on for OpenAI checkpoints, else the config's value
+              quick_gelu: bool | None = None, # None: decided from the weights (see above)
               strict: bool = True, # raise on missing/unexpected keys (else warn)
+              pretrained: str | None = None, # open_clip pretrained tag of `weights` ('openai', ...), if you know it
+              verbose: bool = True, # print which weights and activation were used, and why
              ) -> tuple[nn.Module, object]:
     "Build an open_clip `CLIP` (eval mode, fp32) from local files only; returns `(clip_model, tokenizer)`"
     cfg, name = _model_config(model)
-    sd = None
+    sd = folder_cfg = ckpt = None
     if weights is not None:
-        sd = dict(weights) if isinstance(weights, dict) else read_state_dict(weights)
-        is_openai = 'input_resolution' in sd
-        sd = {k: v for k, v in sd.items() if k not in _OPENAI_EXTRA_KEYS}
-        if quick_gelu is None: quick_gelu = is_openai
-    if quick_gelu is None: quick_gelu = bool(cfg.get('quick_gelu', False))
+        if isinstance(weights, dict): sd = dict(weights)
+        else:
+            ckpt, folder_cfg = resolve_weights(weights)
+            sd = read_state_dict(ckpt)
+            if folder_cfg is not None:  # a model folder defines its own architecture
+                cfg, name = copy.deepcopy(folder_cfg['model_cfg']), None
+                if tokenizer is None: tokenizer = open_clip.get_tokenizer(f'local-dir:{Path(weights).expanduser()}')
+    if pretrained and not name: raise ValueError(f"pretrained={pretrained!r} needs an open_clip architecture name as `model`")
+    qg, why = _quick_gelu_choice(quick_gelu, sd, folder_cfg, name, pretrained, weights, cfg)
+    if sd is not None: sd = {k: v for k, v in sd.items() if k not in _OPENAI_EXTRA_KEYS}
     cfg.pop('quick_gelu', None)
     cls = CustomTextCLIP if cfg.pop('custom_text', False) else CLIP
-    clip = cls(**cfg, quick_gelu=quick_gelu)
+    clip = cls(**cfg, quick_gelu=qg)
     if sd is not None:
-        sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+        derived = {n for n, _ in clip.named_buffers()} - set(clip.state_dict())  # e.g. attn_mask: rebuilt, not learned
+        sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items() if k not in derived}
         res = clip.load_state_dict(sd, strict=False)
         if res.missing_keys or res.unexpected_keys:
             msg = (f"load_clip: {len(res.missing_keys)} missing keys {res.missing_keys[:5]}..., "
@@ -78,7 +127,22 @@ def load_clip(model: str | Path | dict = 'ViT-B-16', # open_clip architecture na
     if tokenizer is None:
         if name is None: raise ValueError("a custom CLIP config needs its `tokenizer`")
         tokenizer = open_clip.get_tokenizer(name)
+    if verbose:
+        src = ckpt or ('a state dict' if sd is not None else 'random init')
+        print(f"CLIP {name or 'from config'}: weights {src}; {'QuickGELU' if qg else 'GELU'} ({why})")
     return clip.float().eval(), tokenizer
+
+# %% ../nbs/04_clip.ipynb #b93e0f41
+def run_clip(weights: str | Path | None = None, # None: the shipped tiny CLIP; a tiny-CLIP folder; or real CLIP weights
+             model: str = 'ViT-B-16', # open_clip architecture of real weights (ignored for the tiny CLIP)
+             pretrained: str | None = None, # open_clip pretrained tag of real weights, if known
+            ) -> tuple[nn.Module, object]:
+    "The CLIP of a run: `(clip_model, tokenizer)`"
+    from semivl.toyclip import load_toy_clip
+    if weights is None: return load_toy_clip()
+    p = Path(weights).expanduser()
+    if p.is_dir() and (p/'vocab.json').is_file(): return load_toy_clip(p)  # a tiny CLIP: local-dir layout + its vocab
+    return load_clip(model, p, pretrained=pretrained)
 
 # %% ../nbs/04_clip.ipynb #52b7abad
 def resize_pos_embed(pos: torch.Tensor, # (1+g*g, C) or (1, 1+g*g, C), cls row first, square grid

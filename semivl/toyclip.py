@@ -313,7 +313,7 @@ def load_toy_clip(folder: str | Path | None = None, # a local-dir model folder; 
     folder = Path(folder) if folder is not None else toy_clip_dir()
     cfg = json.loads((folder/'open_clip_config.json').read_text())
     tok = WordTokenizer.load(folder/'vocab.json', cfg['model_cfg']['text_cfg']['context_length'])
-    return load_clip(cfg, folder/'open_clip_model.safetensors', tokenizer=tok)
+    return load_clip(cfg, folder/'open_clip_model.safetensors', tokenizer=tok, verbose=False)
 
 # %% ../nbs/02_toyclip.ipynb #963f2e84
 @torch.no_grad()

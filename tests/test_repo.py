@@ -1,5 +1,6 @@
 """The repository keeps its promises: README in sync with index.ipynb, CI runs the README's test command,
 and the package is exactly what the notebooks export."""
+import os
 import re
 import subprocess
 import sys
@@ -45,3 +46,16 @@ def test_export_matches_notebooks(tmp_path):
     for py in (ROOT/'semivl').glob('*.py'):
         assert (tmp_path/'semivl'/py.name).read_text() == py.read_text(), f"{py.name} differs from its notebook"
     assert sorted(p.name for p in (tmp_path/'semivl').glob('*.py')) == sorted(p.name for p in (ROOT/'semivl').glob('*.py'))
+
+
+def test_browser_test_skips_without_chromium_unless_required():
+    "A user's machine without chromium skips the browser test with the apt packages named; CI turns that into a failure"
+    run = lambda **env: subprocess.run([sys.executable, '-m', 'pytest', '-q', '-rs', '-p', 'no:cacheprovider',
+                                        str(ROOT/'tests'/'test_viewer_browser.py')], cwd=ROOT, capture_output=True,
+                                       text=True, env={**os.environ, 'CHROMIUM': '/nonexistent/chromium', **env})
+    skipped = run(SEMIVL_REQUIRE_BROWSER='0')
+    assert skipped.returncode == 0 and '1 skipped' in skipped.stdout, skipped.stdout
+    assert 'chromium-driver' in skipped.stdout
+    required = run(SEMIVL_REQUIRE_BROWSER='1')
+    assert required.returncode == 1 and '1 failed' in required.stdout, required.stdout
+    assert (ROOT/'.ci'/'run').read_text().count('SEMIVL_REQUIRE_BROWSER=1') == 1
