@@ -40,10 +40,12 @@ def run_one(params: dict,                  # papermill parameters, with 'out_dir
     if metrics.exists() and not force:
         m = json.loads(metrics.read_text())
         if m.get('params') == params: return dict(m, status='cached')
-    metrics.unlink(missing_ok=True)
+    # a re-run (forced, new parameters, or after a failure) moves the earlier run aside: nothing is deleted
+    from semivl.train import RUN_FILES
+    run_params = dict(params, overwrite=True) if any((out/f).exists() for f in RUN_FILES) else params
     t0 = time.time()
     try:
-        pm.execute_notebook(str(notebook), str(out/'train.ipynb'), parameters=params, kernel_name=kernel,
+        pm.execute_notebook(str(notebook), str(out/'train.ipynb'), parameters=run_params, kernel_name=kernel,
                             progress_bar=False, cwd=None)
     except Exception as e:  # papermill raises PapermillExecutionError with the cell's traceback
         return dict(params=params, status='failed', error=f'{type(e).__name__}: {str(e).strip().splitlines()[-1]}',

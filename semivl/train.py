@@ -15,12 +15,12 @@ from .losses import (clip_guidance_loss, confidence_weighted_loss, cutmix_img_, 
                            pixel_ce, pseudo_labels, semivl_total_loss, supervised_ce)
 
 # %% auto #0
-__all__ = ['METHODS', 'TRAIN_PRESETS', 'LABELED_KEYS', 'UNLABELED_KEYS', 'CONF_MODES', 'MCC_REDUCE', 'OOM_HINT', 'TrainCfg',
-           'train_step', 'custom_keys', 'match_custom_key', 'param_groups', 'PolyLR', 'build_optimizer', 'rng_states',
-           'set_rng_states', 'CheckpointError', 'prev_path', 'checksum_path', 'file_sha256', 'save_checkpoint',
-           'load_checkpoint', 'dist_info', 'init_distributed', 'average_gradients', 'MetricLog', 'debug_arrays',
-           'debug_dump_path', 'save_debug_dump', 'schedule_length', 'ConfigError', 'check_train_cfg', 'validate',
-           'NonFiniteLossError', 'TrainingInterrupted', 'train']
+__all__ = ['METHODS', 'TRAIN_PRESETS', 'LABELED_KEYS', 'UNLABELED_KEYS', 'CONF_MODES', 'MCC_REDUCE', 'RUN_FILES', 'OOM_HINT',
+           'TrainCfg', 'train_step', 'custom_keys', 'match_custom_key', 'param_groups', 'PolyLR', 'build_optimizer',
+           'rng_states', 'set_rng_states', 'CheckpointError', 'prev_path', 'checksum_path', 'file_sha256',
+           'save_checkpoint', 'load_checkpoint', 'dist_info', 'init_distributed', 'average_gradients', 'MetricLog',
+           'debug_arrays', 'debug_dump_path', 'save_debug_dump', 'schedule_length', 'ConfigError', 'check_train_cfg',
+           'validate', 'RunExistsError', 'prepare_out_dir', 'NonFiniteLossError', 'TrainingInterrupted', 'train']
 
 # %% ../nbs/10_train.ipynb #7e8970e6
 METHODS = ('supervised', 'unimatch', 'semivl')
@@ -234,7 +234,7 @@ def build_optimizer(model: nn.Module, cfg: TrainCfg):
     return opt, sched
 
 # %% ../nbs/10_train.ipynb #7e1b3afa
-import contextlib, csv, errno, hashlib, io, os, pickle, random, signal, sys, tempfile, threading, time, warnings
+import contextlib, csv, errno, hashlib, io, itertools, os, pickle, random, signal, sys, tempfile, threading, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -660,6 +660,36 @@ def validate(cfg: TrainCfg | dict | None = None, # training config, or a dict of
         except CheckpointError as e: P.append(str(e))
     _raise_problems(P)
     return cfg
+
+# %% ../nbs/10_train.ipynb #e52a1b22
+RUN_FILES = ('model.pt', 'last.pt', 'metrics.csv', 'metrics.json')  # what a finished or interrupted run leaves
+
+class RunExistsError(FileExistsError):
+    "The output folder already holds a run, and neither resume nor overwrite was asked for"
+
+def prepare_out_dir(out_dir: str | Path, # the run's output folder
+                    resume: bool = False, # continue the run in it
+                    overwrite: bool = False, # move an earlier run aside (to `<out_dir>.old-<time>`) and start afresh
+                   ) -> Path:
+    "A writable `out_dir` for a run that loses no earlier run; returns it"
+    out_dir = Path(out_dir).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CheckpointError(f"out_dir {out_dir} is a file, not a folder; choose another out_dir")
+    previous = [f for f in RUN_FILES if (out_dir/f).exists()]
+    if previous and not resume:
+        if not overwrite:
+            raise RunExistsError(
+                f"out_dir {out_dir} already holds a run ({', '.join(previous)}). Choose one: resume=True to continue "
+                f"it, another out_dir, or overwrite=True to move it aside to {out_dir.name}.old-<time> and start afresh")
+        stamp = time.strftime('%Y%m%d-%H%M%S')
+        aside = out_dir.with_name(f'{out_dir.name}.old-{stamp}')
+        for i in itertools.count(1):
+            if not aside.exists(): break
+            aside = out_dir.with_name(f'{out_dir.name}.old-{stamp}-{i}')
+        out_dir.rename(aside)
+        print(f"overwrite=True: the earlier run in {out_dir} was moved to {aside}")
+    _check_writable(out_dir)
+    return out_dir
 
 # %% ../nbs/10_train.ipynb #4e079cc8
 class NonFiniteLossError(RuntimeError):

@@ -95,3 +95,19 @@ def test_evaluate_notebook_on_an_official_format_checkpoint(trained, tmp_path):
     assert ev['official'] and ev['num_images'] == 6
     assert abs(ev['miou'] - json.loads((out/'metrics.json').read_text())['miou']) < 0.05
     assert 'imported official weights' in _outputs(nb)
+
+
+@pytest.mark.slow
+def test_train_notebook_never_overwrites_an_earlier_run(tmp_path):
+    out = tmp_path/'toyworld-92-supervised-s0'; out.mkdir()
+    (out/'model.pt').write_text('an earlier run')
+    run = lambda **p: pm.execute_notebook(str(NBS/'train.ipynb'), str(tmp_path/'o.ipynb'), kernel_name='python3',
+                                          parameters=dict(TINY, method='supervised', out_dir=str(out), **p),
+                                          progress_bar=False)
+    with pytest.raises(pm.PapermillExecutionError) as e: run()
+    assert e.value.ename == 'RunExistsError' and 'resume=True' in e.value.evalue and 'overwrite=True' in e.value.evalue
+    assert (out/'model.pt').read_text() == 'an earlier run' and not (out/'metrics.csv').exists()
+    run(overwrite=True)
+    moved = list(tmp_path.glob('toyworld-92-supervised-s0.old-*'))
+    assert len(moved) == 1 and (moved[0]/'model.pt').read_text() == 'an earlier run'
+    assert json.loads((out/'metrics.json').read_text())['iterations'] == 3

@@ -25,3 +25,8 @@ def test_sweep_two_runs_write_tables(tmp_path):
     # a second call finds both runs done and re-runs nothing
     r2 = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r2.returncode == 0 and r2.stdout.count(': cached mIoU') == 2, r2.stdout[-2000:]
+    # --force re-runs them and keeps the earlier runs, moved aside
+    r3 = subprocess.run(cmd[:4] + ['semivl'] + cmd[6:] + ['--force'], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r3.returncode == 0 and r3.stdout.count(': ok mIoU') == 1, r3.stdout[-2000:]
+    moved = list((tmp_path/'sweep').glob('toy-20-semivl-s0.old-*'))
+    assert len(moved) == 1 and (moved[0]/'model.pt').is_file()
