@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from .core import Cfg, IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, assets_dir, color_palette
 from .transforms import (hflip, mask_to_tensor, normalize, normalize_batch, obtain_cutmix_box, pil_to_uint8,
@@ -21,8 +21,9 @@ from .transforms import (hflip, mask_to_tensor, normalize, normalize_batch, obta
 __all__ = ['DATASETS', 'ALIASES', 'CITYSCAPES_ID_TO_TRAINID', 'MODES', 'SPLIT_SOURCES', 'OFFICIAL_SPLITS', 'DatasetInfo',
            'DataError', 'read_classes', 'dataset_info', 'dataset_classes', 'remap_mask', 'read_split', 'write_split',
            'split_file', 'load_image', 'load_mask', 'fake_dataset', 'SemiDataset', 'val_resize_size', 'semi_datasets',
-           'denormalize', 'seed_worker', 'build_loader', 'set_epoch', 'split_partner', 'DatasetReport', 'check_dataset',
-           'class_balanced_split', 'mask_classes', 'training_pool', 'make_split', 'official_split_urls']
+           'val_split_file', 'first_n', 'denormalize', 'seed_worker', 'build_loader', 'set_epoch', 'split_partner',
+           'DatasetReport', 'check_dataset', 'class_balanced_split', 'mask_classes', 'training_pool', 'make_split',
+           'official_split_urls']
 
 # %% ../nbs/03_data.ipynb #e2264405
 @dataclass
@@ -369,6 +370,26 @@ def semi_datasets(root: str | Path, # dataset folder
     u = SemiDataset(root, 'train_u', split, **kwargs)
     return {'train_l': SemiDataset(root, 'train_l', split, nsample=len(u), **kwargs), 'train_u': u,
             'val': SemiDataset(root, 'val', info=u.info, **{k: v for k, v in kwargs.items() if k != 'info'})}
+
+# %% ../nbs/03_data.ipynb #b2c3d4e5
+def val_split_file(root: str | Path, # dataset folder
+                   val: str = 'val', # a split name (root/splits/<val>.txt) or a list file relative to root
+                  ) -> Path:
+    "The list file of the evaluation split `val`; `DataError` listing the split files that exist if there is none"
+    root = Path(root)
+    for f in (root/'splits'/f'{val}.txt', root/str(val)):
+        if f.is_file(): return f
+    found = sorted(str(p.relative_to(root/'splits'))[:-4] for p in (root/'splits').glob('*.txt')) if (root/'splits').is_dir() else []
+    raise DataError(f"no evaluation list {val!r}: neither {root/'splits'/f'{val}.txt'} nor {root/str(val)} exists; "
+                    f"split files in {root/'splits'}: {found or 'none'}")
+
+def first_n(ds: Dataset, # any dataset
+            n: int | None = None, # keep the first n items (None: all)
+           ) -> Dataset:
+    "The first `n` items of `ds` (all of them if it has fewer)"
+    if n is None: return ds
+    if int(n) != n or n < 1: raise ValueError(f"a limit of {n!r} images would evaluate nothing: use an integer >= 1, or None for all")
+    return Subset(ds, range(min(int(n), len(ds))))
 
 # %% ../nbs/03_data.ipynb #92605c15
 def _coord_image(h, w):

@@ -111,3 +111,16 @@ def test_train_notebook_never_overwrites_an_earlier_run(tmp_path):
     moved = list(tmp_path.glob('toyworld-92-supervised-s0.old-*'))
     assert len(moved) == 1 and (moved[0]/'model.pt').read_text() == 'an earlier run'
     assert json.loads((out/'metrics.json').read_text())['iterations'] == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('bad, words', [(dict(val='vall'), ("DataError", "'vall'", "split files in")),
+                                        (dict(val_limit=-1), ('ValueError', '>= 1'))])
+def test_evaluate_notebook_refuses_a_typo(trained, tmp_path, bad, words):
+    "A mistyped split or a limit below 1 stops the evaluation; it never evaluates something else or nothing"
+    _, out = trained['supervised']
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        pm.execute_notebook(str(NBS/'evaluate.ipynb'), str(tmp_path/'eval.ipynb'), kernel_name='python3',
+                            parameters=dict(checkpoint=str(out/'model.pt'), out_dir=str(tmp_path), **bad), progress_bar=False)
+    for w in words: assert w in str(e.value), (w, str(e.value)[-500:])
+    assert not (tmp_path/'eval_metrics.json').exists()
