@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'IMAGENET_MEAN', 'IMAGENET_STD', 'CLIP_MEAN', 'CLIP_STD', 'get_device', 'seed_everything', 'cache_dir',
-           'assets_dir', 'Cfg', 'color_palette']
+__all__ = ['IGNORE_INDEX', 'IMAGENET_MEAN', 'IMAGENET_STD', 'CLIP_MEAN', 'CLIP_STD', 'get_device', 'native_bf16',
+           'seed_everything', 'cache_dir', 'assets_dir', 'Cfg', 'color_palette']
 
 # %% ../nbs/00_core.ipynb #80a6a117
 IGNORE_INDEX = 255  # label value skipped by losses and metrics
@@ -36,6 +36,26 @@ def get_device(prefer: str | None = None, # 'cuda', 'mps', 'cpu', or None to pic
     if torch.cuda.is_available(): return torch.device('cuda')
     if hasattr(torch.backends, 'mps') and torch.backends.mps.is_available(): return torch.device('mps')
     return torch.device('cpu')
+
+# %% ../nbs/00_core.ipynb #b1f16a02
+def _cpu_flags() -> set[str]:
+    "The CPU feature flags the Linux kernel reports (empty elsewhere)"
+    try: text = Path('/proc/cpuinfo').read_text()
+    except OSError: return set()
+    return {f for line in text.splitlines() if line.startswith('flags') for f in line.split(':', 1)[1].split()}
+
+def native_bf16(device: str | torch.device = 'cpu', # where the model runs
+               ) -> tuple[bool, str]:
+    "(does `device` compute bf16 natively?, why): CUDA with bf16 support, or a CPU with AVX512-BF16/AMX"
+    dev = torch.device(device)
+    if dev.type == 'cuda':
+        ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return ok, 'CUDA device with bf16' if ok else 'this CUDA device has no bf16 support'
+    if dev.type == 'cpu':
+        have = sorted(_cpu_flags() & {'avx512_bf16', 'amx_bf16'})
+        return (True, f"CPU with {' and '.join(have)}") if have else \
+               (False, 'this CPU has neither AVX512-BF16 nor AMX: torch would emulate bf16, far slower than float32')
+    return False, f'bf16 autocast is not supported on {dev.type}'
 
 # %% ../nbs/00_core.ipynb #b837671c
 def seed_everything(seed: int # one seed for python, numpy and torch (all devices)

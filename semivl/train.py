@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .core import Cfg, IGNORE_INDEX
+from .core import Cfg, IGNORE_INDEX, native_bf16
 from .losses import (clip_guidance_loss, confidence_weighted_loss, cutmix_img_, cutmix_mask, mcc_lambda,
                            pixel_ce, pseudo_labels, semivl_total_loss, supervised_ce)
 
@@ -54,7 +54,7 @@ class TrainCfg(Cfg):
     iters: int | None = None          # alternative (Cityscapes 83760 → epochs = ceil(iters / iters_per_epoch))
     total_iters: int | None = None    # set from epochs/iters and the loader length by the loop
     grad_accum: int = 1               # micro-batches per optimiser step
-    amp_bf16: bool = False            # bf16 autocast (CUDA only)
+    amp_bf16: bool = False            # bf16 autocast where the device computes bf16 natively (CUDA, AVX512-BF16/AMX CPUs)
     eval_every: int | None = None     # evaluate every N iterations (None: every epoch)
     eval_mode: str = 'zegclip_sliding_window'
     eval_crop: int = 512
@@ -805,9 +805,9 @@ def train(cfg: TrainCfg,
         it, best, last_miou = ck['iteration'], ck['best_miou'], ck.get('last_miou')
         n_bad_total, n_data_skipped = ck.get('skipped_steps', 0), ck.get('data_skipped', 0)
         resumed_rng = ck['rng'][rank] if len(ck['rng']) == world else ck['rng'][0]
-    amp = cfg.amp_bf16 and device.type == 'cuda'
-    if cfg.amp_bf16 and not amp: warnings.warn("amp_bf16 needs CUDA; training in float32")
-    autocast = (lambda: torch.autocast('cuda', dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+    amp, why = native_bf16(device) if cfg.amp_bf16 else (False, '')
+    if cfg.amp_bf16 and not amp: warnings.warn(f"amp_bf16: {why}; training in float32")
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
     log = MetricLog(out_dir, enabled=rank == 0)
 
     def state(**extra):

@@ -173,3 +173,30 @@ def test_toy_world_semivl_smoke(tmp_path):
     moved = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
     assert any(n.startswith('backbone.') for n in moved) and any(n.startswith('decode_head.') for n in moved)
     assert not any(p.requires_grad for p in model.clip_encoder.parameters())
+
+
+@pytest.mark.parametrize('pretend_no_bf16', [False, True])
+def test_bf16_autocast_on_cpu_where_native(tmp_path, monkeypatch, pretend_no_bf16):
+    "amp_bf16 runs the toy model's forward in bf16 on a CPU with AVX512-BF16/AMX, and says why it won't elsewhere"
+    import warnings
+    import semivl.train
+    import torch.nn.functional as F
+    from semivl.data import build_loader, semi_datasets
+    from semivl.segmentor import ModelCfg, SemiVLSegmentor
+    from semivl.toyclip import create_toy_clip
+    from semivl.toyworld import ensure_toyworld
+    from semivl.train import TrainCfg, train
+    if pretend_no_bf16: monkeypatch.setattr(semivl.train, 'native_bf16', lambda d: (False, 'no bf16 here'))
+    native, why = semivl.train.native_bf16('cpu')
+    torch.manual_seed(0)
+    ds = semi_datasets(ensure_toyworld(), '20', uint8=True)
+    model = SemiVLSegmentor(ModelCfg.preset('toy'), create_toy_clip(), F.normalize(torch.randn(11, 128), dim=-1))
+    seen = []
+    model.decode_head.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    lx = build_loader(ds['train_l'], batch_size=2, num_workers=0)
+    cfg = TrainCfg(method='supervised', epochs=None, iters=2, log_every=1, amp_bf16=True)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter('always')
+        train(cfg, model, lx, None, out_dir=tmp_path, stop_after=2, progress=False)
+    assert set(seen) == ({torch.bfloat16} if native else {torch.float32}), (seen, why)
+    assert any(f'amp_bf16: {why}' in str(x.message) for x in w) != native
