@@ -18,9 +18,10 @@ from .losses import (clip_guidance_loss, confidence_weighted_loss, cutmix_img_, 
 __all__ = ['METHODS', 'TRAIN_PRESETS', 'LABELED_KEYS', 'UNLABELED_KEYS', 'CONF_MODES', 'MCC_REDUCE', 'RUN_FILES', 'OOM_HINT',
            'TrainCfg', 'train_step', 'custom_keys', 'match_custom_key', 'param_groups', 'PolyLR', 'build_optimizer',
            'rng_states', 'set_rng_states', 'CheckpointError', 'prev_path', 'checksum_path', 'file_sha256',
-           'save_checkpoint', 'load_checkpoint', 'dist_info', 'init_distributed', 'average_gradients', 'MetricLog',
-           'debug_arrays', 'debug_dump_path', 'save_debug_dump', 'schedule_length', 'ConfigError', 'check_train_cfg',
-           'validate', 'RunExistsError', 'prepare_out_dir', 'NonFiniteLossError', 'TrainingInterrupted', 'train']
+           'save_checkpoint', 'load_checkpoint', 'save_safetensors', 'dist_info', 'init_distributed',
+           'average_gradients', 'MetricLog', 'debug_arrays', 'debug_dump_path', 'save_debug_dump', 'schedule_length',
+           'ConfigError', 'check_train_cfg', 'validate', 'RunExistsError', 'prepare_out_dir', 'NonFiniteLossError',
+           'TrainingInterrupted', 'train']
 
 # %% ../nbs/10_train.ipynb #7e8970e6
 METHODS = ('supervised', 'unimatch', 'semivl')
@@ -234,7 +235,7 @@ def build_optimizer(model: nn.Module, cfg: TrainCfg):
     return opt, sched
 
 # %% ../nbs/10_train.ipynb #7e1b3afa
-import contextlib, csv, errno, hashlib, io, itertools, os, pickle, random, signal, sys, tempfile, threading, time, warnings
+import contextlib, csv, errno, hashlib, io, itertools, json, os, pickle, random, signal, sys, tempfile, threading, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -360,6 +361,9 @@ def load_checkpoint(path: str | Path,  # a file written by `save_checkpoint` (or
                    ) -> dict:
     "Read a checkpoint without executing code, after checking its checksum; offers the previous file if it is bad"
     path = Path(path)
+    if path.suffix == '.safetensors':
+        if not path.exists(): raise FileNotFoundError(f"checkpoint not found: {path}")
+        return _load_safetensors(path, map_location)
     try: return _load_one(path, map_location, trusted)
     except (CheckpointError, FileNotFoundError) as e:
         prev = prev_path(path)
@@ -372,6 +376,33 @@ def load_checkpoint(path: str | Path,  # a file written by `save_checkpoint` (or
                                   f"load_checkpoint(..., fallback=True) or rename it to {path.name}.") from None
         warnings.warn(f"{e}\nLoaded the previous checkpoint {prev}{it} instead.")
         return ck
+
+# %% ../nbs/10_train.ipynb #5afe7e02
+def save_safetensors(path: str | Path, # destination, e.g. out_dir/'model.safetensors'
+                     state: dict,      # {'model': state dict, ...JSON-serialisable settings}
+                    ) -> Path:
+    "Write `state['model']` as safetensors with the other entries as JSON metadata"
+    from safetensors.torch import save_file
+    path = Path(path)
+    meta = {k: v for k, v in state.items() if k != 'model'}
+    tensors, aliases, seen = {}, {}, {}
+    for k, v in state['model'].items():   # weights shared between modules (the frozen MaskCLIP twin) are stored once
+        key = (v.data_ptr(), tuple(v.shape), tuple(v.stride()), v.dtype) if v.numel() else None
+        if key in seen: aliases[k] = seen[key]; continue
+        if key is not None: seen[key] = k
+        tensors[k] = v.detach().contiguous().cpu()
+    save_file(tensors, str(path), metadata={'semivl': json.dumps(meta), 'aliases': json.dumps(aliases)})
+    return path
+
+def _load_safetensors(path: Path, map_location) -> dict:
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), framework='pt', device=str(map_location)) as f:
+            meta, aliases = (json.loads((f.metadata() or {}).get(k, '{}')) for k in ('semivl', 'aliases'))
+            model = {k: f.get_tensor(k) for k in f.keys()}
+            return dict(meta, model={**model, **{k: model[v] for k, v in aliases.items()}})
+    except Exception as e:
+        raise CheckpointError(f"cannot read {path}: not a complete safetensors file ({str(e)[:160]})") from None
 
 # %% ../nbs/10_train.ipynb #34a019b4
 def dist_info() -> tuple[int, int]:

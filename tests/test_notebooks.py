@@ -54,10 +54,12 @@ def test_train_notebook_writes_final_metrics(trained, method):
 
 
 @pytest.mark.slow
-def test_evaluate_notebook_on_the_trained_checkpoint(trained, tmp_path):
+@pytest.mark.parametrize('weights', ['model.pt', 'model.safetensors'])
+def test_evaluate_notebook_on_the_trained_checkpoint(trained, tmp_path, weights):
+    "The pickled checkpoint and its safetensors twin (weights + JSON settings) evaluate to the training's mIoU"
     _, out = trained['semivl']
     nb = pm.execute_notebook(str(NBS/'evaluate.ipynb'), str(tmp_path/'eval.ipynb'), kernel_name='python3',
-                             parameters=dict(checkpoint=str(out/'model.pt'), val_limit=6, n_show=2,
+                             parameters=dict(checkpoint=str(out/weights), val_limit=6, n_show=2,
                                              out_dir=str(tmp_path)), progress_bar=False)
     ev = json.loads((tmp_path/'eval_metrics.json').read_text())
     tr = json.loads((out/'metrics.json').read_text())
