@@ -20,7 +20,7 @@ from .transforms import normalize_batch
 
 # %% auto #0
 __all__ = ['EVAL_MODES', 'zegclip_windows', 'grid_windows', 'zegclip_sliding_window', 'sliding_window', 'intersection_and_union',
-           'ConfusionMatrix', 'get_dist_device', 'save_prediction_png', 'predict', 'evaluate']
+           'ConfusionMatrix', 'get_dist_device', 'image_metrics', 'save_prediction_png', 'predict', 'evaluate']
 
 # %% ../nbs/09_eval.ipynb #41935c7c
 def zegclip_windows(h: int, w: int,   # image size
@@ -150,6 +150,25 @@ class ConfusionMatrix:
 def get_dist_device() -> torch.device:
     "Device for collective ops: the current CUDA device with NCCL, else CPU"
     return torch.device('cuda', torch.cuda.current_device()) if dist.get_backend() == 'nccl' else torch.device('cpu')
+
+# %% ../nbs/09_eval.ipynb #e1a9e002
+def image_metrics(scores: Tensor,  # (N, H, W) class scores (logits) of one image
+                  mask: Tensor,    # (H, W) ground truth (IGNORE_INDEX skipped)
+                  num_classes: int,
+                  maskclip: Tensor | None = None, # (N, h, w) MaskCLIP class scores of the image, any resolution
+                  thresh: float = 0.95, # student confidence kept as a pseudo-label
+                 ) -> dict[str, float]:
+    "{'miou', 'acc', 'kept', 'maskclip_agree'} of one image, in %; NaN where undefined"
+    pred, valid = scores.argmax(0), mask != IGNORE_INDEX
+    inter, union, _ = intersection_and_union(pred, mask, num_classes)
+    n = int(valid.sum())
+    pct = lambda m: float(m[valid].float().mean()) * 100 if n else float('nan')
+    out = dict(miou=float(np.mean(inter[union > 0] / union[union > 0])) * 100 if (union > 0).any() else float('nan'),
+               acc=pct(pred == mask), kept=pct(scores.softmax(0).amax(0) >= thresh), maskclip_agree=float('nan'))
+    if maskclip is not None:
+        mc = F.interpolate(maskclip[None].float(), size=mask.shape[-2:], mode='bilinear', align_corners=False)[0]
+        out['maskclip_agree'] = pct(mc.argmax(0) == pred)
+    return out
 
 # %% ../nbs/09_eval.ipynb #f891832b
 def save_prediction_png(pred,              # (H,W) class ids (tensor or array, values < 256)

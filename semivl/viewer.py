@@ -17,11 +17,12 @@ from PIL import Image
 from .core import IGNORE_INDEX, color_palette
 
 # %% auto #0
-__all__ = ['TARGET_SOURCES', 'DISAGREEMENT', 'DISAGREEMENT_PALETTE', 'PANELS', 'AUGS', 'DUMP_VIEWS', 'DUMP_PANELS', 'overlay',
-           'kept_mask', 'training_target', 'disagreement_map', 'image_stats', 'ImageOutputs', 'ViewSettings',
-           'panel_arrays', 'plot_panels', 'maskclip_probs', 'ViewerModel', 'SplitImages', 'strong_image', 'cutmix_box',
-           'ViewerState', 'PseudoLabelViewer', 'clip_texts', 'segmentor_viewer_model', 'toy_segmentor', 'toy_viewer',
-           'DebugDumps', 'dump_views', 'dump_outputs', 'debug_panels', 'plot_debug_dump', 'DebugDumpViewer']
+__all__ = ['TARGET_SOURCES', 'DISAGREEMENT', 'DISAGREEMENT_PALETTE', 'PANELS', 'AUGS', 'LIVE_STATS', 'DUMP_VIEWS', 'DUMP_PANELS',
+           'overlay', 'kept_mask', 'training_target', 'disagreement_map', 'image_stats', 'ImageOutputs', 'ViewSettings',
+           'confidence_colorbar', 'panel_arrays', 'plot_panels', 'maskclip_probs', 'ViewerModel', 'SplitImages',
+           'strong_image', 'cutmix_box', 'ViewerState', 'read_image_metrics', 'align_metrics', 'rank_images',
+           'PseudoLabelViewer', 'clip_texts', 'segmentor_viewer_model', 'toy_segmentor', 'toy_viewer', 'DebugDumps',
+           'dump_views', 'dump_outputs', 'debug_panels', 'plot_debug_dump', 'DebugDumpViewer']
 
 # %% ../nbs/11_viewer.ipynb #886afa9a
 _VOC256 = color_palette(256)
@@ -161,6 +162,12 @@ def _colormap(x: np.ndarray, name: str = 'viridis') -> np.ndarray:
     import matplotlib
     return (matplotlib.colormaps[name](np.clip(x, 0, 1))[..., :3] * 255).astype(np.uint8)
 
+def confidence_colorbar(width: int = 70) -> str:
+    "HTML colour bar of the confidence panel's map: 0 on the left, 1 on the right"
+    stops = ', '.join('rgb({},{},{})'.format(*c) for c in _colormap(np.linspace(0, 1, 6)))
+    bar = f'<span style="display:inline-block;width:{width}px;height:9px;background:linear-gradient(to right, {stops})"></span>'
+    return f'<span style="font-size:10px">0 {bar} 1</span>'
+
 def _mc_labels(out: ImageOutputs, s: ViewSettings) -> np.ndarray:
     "MaskCLIP labels after its threshold (255 below it and at padding)"
     mc = np.where(out.mc_conf >= s.mc_thresh, out.mc_label, IGNORE_INDEX).astype(np.uint8)
@@ -199,7 +206,11 @@ def plot_panels(rgb: dict,     # panel name -> uint8 RGB (None: skipped), as fro
     nrows = -(-len(items) // ncols)
     fig, axs = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + .4), squeeze=False)
     for ax in axs.flat: ax.axis('off')
-    for ax, (k, v) in zip(axs.flat, items): ax.imshow(v, interpolation='nearest'); ax.set_title(k, fontsize=9)
+    for ax, (k, v) in zip(axs.flat, items):
+        ax.imshow(v, interpolation='nearest'); ax.set_title(k, fontsize=9)
+        if k == 'confidence':  # the map is viridis over [0, 1]
+            from matplotlib.cm import ScalarMappable
+            fig.colorbar(ScalarMappable(plt.Normalize(0, 1), 'viridis'), ax=ax, fraction=.046, pad=.02)
     if stats is not None:
         title = (title + '  ' if title else '') + (f"kept {stats['kept']:.0%} · MaskCLIP {stats['maskclip_labelled']:.0%}"
                  f" · trained {stats['trained']:.0%} · acc(kept) {stats['acc_kept']:.2f}")
@@ -427,6 +438,42 @@ class ViewerState:
         out.box = box
         return out
 
+# %% ../nbs/11_viewer.ipynb #a0c0ffe2
+# live per-image statistics the viewer can rank by (keys of `image_stats`)
+LIVE_STATS = {'live: student = MaskCLIP': 'agree', 'live: kept fraction': 'kept', 'live: student accuracy': 'acc_student'}
+
+def read_image_metrics(path: str | Path, # `per_image.csv` of the evaluate notebook
+                      ) -> dict[str, np.ndarray]:
+    "Columns of a per-image metrics CSV: 'id' as strings, every other column as floats (NaN where empty)"
+    import csv
+    with open(path, newline='') as f: rows = list(csv.DictReader(f))
+    if not rows or 'id' not in rows[0]: raise ValueError(f"{path}: expected a per-image CSV with an 'id' column and rows")
+    num = lambda s: float(s) if s not in ('', 'nan', None) else np.nan
+    return {'id': np.array([r['id'] for r in rows]),
+            **{k: np.array([num(r[k]) for r in rows]) for k in rows[0] if k not in ('id', 'index')}}
+
+def align_metrics(metrics: dict, # from `read_image_metrics`
+                  ids: Sequence[str], # the viewer's image ids, in its order
+                 ) -> dict[str, np.ndarray]:
+    "Each metric re-ordered to `ids` (NaN for images the CSV does not have)"
+    pos = {str(i): k for k, i in enumerate(metrics['id'])}
+    idx = np.array([pos.get(str(i), -1) for i in ids])
+    if len(idx) and (idx < 0).all():
+        raise ValueError("none of the viewer's images is in the metrics file: was it written for another split?")
+    return {k: np.where(idx >= 0, v[np.maximum(idx, 0)], np.nan) for k, v in metrics.items() if k != 'id'}
+
+def rank_images(values: Sequence[float], # one number per image (NaN: not ranked)
+                descending: bool = False, # highest first
+                keep: tuple[float, float] | None = None, # only images with keep[0] <= value <= keep[1]
+               ) -> list[int]:
+    "Image indices ordered by `values`, images without a value (or outside `keep`) left out"
+    v = np.asarray(values, dtype=float)
+    ok = ~np.isnan(v)
+    if keep is not None: ok &= (v >= keep[0]) & (v <= keep[1])
+    idx = np.flatnonzero(ok)
+    idx = idx[np.argsort(-v[idx] if descending else v[idx], kind='stable')]
+    return idx.tolist()
+
 # %% ../nbs/11_viewer.ipynb #b898c676
 def _png(a: np.ndarray, min_side: int = 160) -> bytes:
     "PNG bytes of a uint8 RGB array, upscaled by an integer factor (nearest) so small images stay crisp"
@@ -453,6 +500,7 @@ class PseudoLabelViewer(widgets.VBox):
                  thresh: float = 0.95, mc_thresh: float = 0.9, alpha: float = 0.5,
                  panel_px: int = 160,                  # minimum displayed panel side
                  seed: int = 0,                        # augmentation / random-button seed
+                 image_metrics: dict | str | Path | None = None, # per-image numbers to sort/filter by: a per_image.csv, or {name: values in image order}
                  **kw):
         self.state = images if isinstance(images, ViewerState) else ViewerState(images, model)
         m = self.state.model
@@ -462,6 +510,7 @@ class PseudoLabelViewer(widgets.VBox):
         self.palette = _palette_array(palette if palette is not None else color_palette(self.n_classes))[:max(self.n_classes, 1)]
         self.panel_px, self._rng, self.seed = panel_px, np.random.default_rng(seed), seed
         self.rgb, self.maps, self.stats, self.timings = {}, {}, {}, []
+        self.metrics, self.order = self._load_metrics(image_metrics), list(range(len(self.state)))
         self._build(thresh, mc_thresh, alpha)
         key = '<br>'.join(f'{_swatch(c)} {n}' for c, n in zip(DISAGREEMENT_PALETTE, DISAGREEMENT))
         side = widgets.VBox([self.stats_html, widgets.HTML(f'<b>disagreement</b><br><span style="font-size:11px">{key}</span>')])
@@ -477,7 +526,13 @@ class PseudoLabelViewer(widgets.VBox):
         self.index_box = W.BoundedIntText(0, min=0, max=max(n - 1, 0), layout=W.Layout(width='80px'))
         W.link((self.index, 'value'), (self.index_box, 'value'))
         self.random_btn = W.Button(description='random', icon='random', layout=W.Layout(width='90px'))
-        self.random_btn.on_click(lambda _: self.index.set_trait('value', int(self._rng.integers(n))))
+        self.random_btn.on_click(lambda _: self.index.set_trait('value', int(self._rng.integers(max(len(self.order), 1)))))
+        self.sort_by = W.Dropdown(options=['index', *self.metrics, *LIVE_STATS], value='index', description='sort by')
+        self.high_first = W.Checkbox(False, description='high first', indent=False, layout=W.Layout(width='100px'))
+        self.keep = W.FloatRangeSlider(value=(0., 1.), min=0., max=1., step=.01, description='keep', readout_format='.3g',
+                                       continuous_update=False, layout=W.Layout(display='none'))
+        self.sort_by.observe(lambda ch: self._resort(new_key=True), names='value')
+        for w in (self.high_first, self.keep): w.observe(lambda ch: self._resort(), names='value')
         self.aug = W.ToggleButtons(options=list(AUGS), value='weak', tooltips=['weak view (the pseudo-label source)',
                                    'strong photometric view', 'strong view with a CutMix box from a partner image'],
                                    style={'button_width': '70px'})
@@ -494,7 +549,8 @@ class PseudoLabelViewer(widgets.VBox):
         self.opacity = W.FloatSlider(alpha, min=0, max=1, step=.05, description='opacity', continuous_update=False)
         self.status = W.HTML()
         self._controls = W.VBox([W.HBox([self.index, self.index_box, self.random_btn, self.aug, self.redraw_btn]),
-                                 W.HBox([self.thresh, self.mc_thresh, self.text_source, self.opacity]), self.status])
+                                 W.HBox([self.thresh, self.mc_thresh, self.text_source, self.opacity]),
+                                 W.HBox([self.sort_by, self.high_first, self.keep]), self.status])
         self.class_toggles = [W.ToggleButton(True, description=c, tooltip=f'show/hide {c}',
                                              layout=W.Layout(width='auto')) for c in self.classes]
         items = [W.HBox([W.HTML(_swatch(self.palette[i])), t]) for i, t in enumerate(self.class_toggles)]
@@ -506,6 +562,7 @@ class PseudoLabelViewer(widgets.VBox):
         self.panels = {k: W.Image(format='png', layout=W.Layout(width=f'{self.panel_px}px', height=f'{self.panel_px}px'))
                        for k in PANELS}
         self._titles = {k: W.HTML(f'<b>{k}</b>') for k in PANELS}
+        self._titles['confidence'].value = f'<b>confidence</b> {confidence_colorbar()}'
         self._boxes = {k: W.VBox([self._titles[k], self.panels[k]]) for k in PANELS}
         self._grid = W.GridBox(list(self._boxes.values()),
                                layout=W.Layout(grid_template_columns=f'repeat(4, {self.panel_px + 10}px)',
@@ -534,11 +591,61 @@ class PseudoLabelViewer(widgets.VBox):
 
     def current_outputs(self) -> ImageOutputs:
         src = self.text_source.value if self.state.model.text_sources else None
-        return self.state.outputs(self.index.value, self.aug.value, src, self.seed)
+        return self.state.outputs(self.image_index, self.aug.value, src, self.seed)
+
+    # -- ranking ------------------------------------------------------------------------------------------------
+    @property
+    def image_index(self) -> int:
+        "The image shown: position `index` (the slider) in the current order"
+        return self.order[min(self.index.value, len(self.order) - 1)] if self.order else 0
+
+    def _load_metrics(self, m) -> dict:
+        if m is None: return {}
+        if isinstance(m, (str, Path)):
+            pairs = getattr(self.state.images, 'pairs', None)
+            ids = [p[0] for p in pairs] if pairs is not None else [str(i) for i in range(len(self.state))]
+            return align_metrics(read_image_metrics(m), ids)
+        bad = {k: len(v) for k, v in m.items() if len(v) != len(self.state)}
+        if bad: raise ValueError(f"image_metrics need one value per image ({len(self.state)}): {bad}")
+        return {k: np.asarray(v, dtype=float) for k, v in m.items()}
+
+    def sort_values(self, key: str) -> np.ndarray:
+        "One number per image for `key`: 'index', a loaded metric, or a live statistic under the current settings"
+        if key == 'index': return np.arange(len(self.state), dtype=float)
+        if key in self.metrics: return self.metrics[key]
+        s, src = self.settings, self.text_source.value if self.state.model.text_sources else None
+        vals = []
+        for i in range(len(self.state)):  # the cache makes a second pass cheap
+            out = self.state.outputs(i, 'weak', src, self.seed)
+            st = image_stats(out.label, out.conf, _mc_labels(out, s), s.thresh, self.n_classes, out.gt, out.ignore)
+            vals.append(st[LIVE_STATS[key]])
+        return np.array(vals, dtype=float)
+
+    def _resort(self, new_key: bool = False):
+        key = self.sort_by.value
+        vals = self.sort_values(key)
+        if new_key:  # the keep range starts as the whole range of the new key
+            lo, hi = (float(np.nanmin(vals)), float(np.nanmax(vals))) if np.isfinite(vals).any() else (0., 1.)
+            hi = hi if hi > lo else lo + 1e-6
+            self._batch = True
+            try:
+                self.keep.layout.display = 'none' if key == 'index' else None
+                self.keep.min, self.keep.max = -np.inf, np.inf  # (traits are validated one at a time)
+                self.keep.max, self.keep.min = hi, lo
+                self.keep.step, self.keep.value = (hi - lo) / 100, (lo, hi)
+            finally: self._batch = False
+        keep = None if key == 'index' or new_key else self.keep.value
+        self.order = rank_images(vals, self.high_first.value, keep)
+        last = max(len(self.order) - 1, 0)
+        self._batch = True
+        try: self.index.max = self.index_box.max = last; self.index.value = 0
+        finally: self._batch = False
+        self.update()
 
     def update(self):
         "Recompute every panel from the cache and the controls (the backbone runs only for an unseen image)"
         if getattr(self, '_batch', False): return
+        if not self.order: self.status.value = 'no image in the keep range'; return
         t0 = time.perf_counter()
         out, s = self.current_outputs(), self.settings
         k = max(1, min(out.conf.shape) // self.panel_px)  # big images: panels at display resolution, stats at full
@@ -552,7 +659,9 @@ class PseudoLabelViewer(widgets.VBox):
         dt = time.perf_counter() - t0
         self.timings.append(dt)
         zs = '' if self.state.model.student is not None else ' · <i>no student: zero-shot CLIP in the student panels</i>'
-        self.status.value = f'image {self.index.value} · {self.aug.value} view · update {dt * 1e3:.0f} ms{zs}'
+        key, i = self.sort_by.value, self.image_index
+        rank = '' if key == 'index' else f' · rank {self.index.value + 1}/{len(self.order)} by {key} = {self.sort_values(key)[i]:.3g}' if key in self.metrics else f' · rank {self.index.value + 1}/{len(self.order)} by {key}'
+        self.status.value = f'image {i}{rank} · {self.aug.value} view · update {dt * 1e3:.0f} ms{zs}'
 
     def _stats_table(self) -> str:
         s = self.stats
@@ -574,7 +683,7 @@ class PseudoLabelViewer(widgets.VBox):
 
     def figure(self, **kw):
         "Static matplotlib grid of the current panels (for papermill / HTML outputs)"
-        return plot_panels(self.rgb, self.stats, title=f'image {self.index.value} ({self.aug.value})', **kw)
+        return plot_panels(self.rgb, self.stats, title=f'image {self.image_index} ({self.aug.value})', **kw)
 
 # %% ../nbs/11_viewer.ipynb #19179ea2
 def clip_texts(clip, tokenizer,   # open_clip CLIP and its tokenizer

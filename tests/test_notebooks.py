@@ -126,3 +126,30 @@ def test_evaluate_notebook_refuses_a_typo(trained, tmp_path, bad, words):
                             parameters=dict(checkpoint=str(out/'model.pt'), out_dir=str(tmp_path), **bad), progress_bar=False)
     for w in words: assert w in str(e.value), (w, str(e.value)[-500:])
     assert not (tmp_path/'eval_metrics.json').exists()
+
+
+@pytest.mark.slow
+def test_viewer_ranks_images_by_the_evaluate_notebooks_per_image_miou(trained, tmp_path):
+    "evaluate.ipynb writes per_image.csv; the viewer sorted by its mIoU (high first) walks the images in that order"
+    import csv
+    from semivl.viewer import toy_viewer
+    _, out = trained['semivl']
+    pm.execute_notebook(str(NBS/'evaluate.ipynb'), str(tmp_path/'eval.ipynb'), kernel_name='python3',
+                        parameters=dict(checkpoint=str(out/'model.safetensors'), val_limit=8, n_show=1,
+                                        out_dir=str(tmp_path)), progress_bar=False)
+    rows = list(csv.DictReader(open(tmp_path/'per_image.csv')))
+    assert len(rows) == 8 and {'miou', 'acc', 'kept', 'maskclip_agree'} <= set(rows[0])
+    viewer = toy_viewer('val', checkpoint=out/'model.safetensors', image_metrics=tmp_path/'per_image.csv')
+    viewer.sort_by.value = 'miou'; viewer.high_first.value = True
+    seen = []
+    for r in range(len(viewer.order)):
+        viewer.index.value = r; seen.append(viewer.image_index)
+    want = sorted((i for i, row in enumerate(rows) if row['miou'] not in ('', 'nan')),
+                  key=lambda i: -float(rows[i]['miou']))
+    assert [float(rows[i]['miou']) for i in seen] == [float(rows[i]['miou']) for i in want]
+    assert set(seen) == set(want)
+    viewer.index.value = 0
+    assert f'rank 1/{len(want)} by miou' in viewer.status.value
+    lo = sorted(float(rows[i]['miou']) for i in want)[len(want) // 2]
+    viewer.keep.value = (lo, viewer.keep.max)                   # filter: only the better half
+    assert viewer.order and all(float(rows[i]['miou']) >= lo - 1e-6 for i in viewer.order)
