@@ -195,11 +195,19 @@ def write_toyworld(root: str | Path,         # folder to create (must not exist 
 
 # %% ../nbs/01_toyworld.ipynb #578f5dd5
 def ensure_toyworld(root: str | Path | None = None, # None: the default cache folder of this VERSION
+                    create: bool = True,             # False: a missing world is an error (e.g. a mistyped path)
                     **kwargs,                        # passed to `write_toyworld` (sizes, seed) on first use
                     ) -> Path:
     "Folder of a complete toy world, generating it (atomically) if absent"
-    root = Path(root) if root is not None else cache_dir('toyworld', f'v{VERSION}')
+    root = Path(root).expanduser() if root is not None else cache_dir('toyworld', f'v{VERSION}')
     if (root/'classes.json').exists(): return root
+    if root.is_file() or (root.is_dir() and any(root.iterdir())):
+        raise FileExistsError(f"{root} is not a toy world (it has no classes.json) and is not empty: "
+                              "refusing to write one into it; choose an empty or new folder")
+    if not create:
+        raise FileNotFoundError(f"no toy world at {root} (a typo?). Leave data_root unset to use the cached world, or "
+                                f"generate one there first: python -c \"from semivl.toyworld import ensure_toyworld; "
+                                f"ensure_toyworld('{root}')\"")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{root.name}-', dir=root.parent))
     try:

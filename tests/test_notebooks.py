@@ -153,3 +153,14 @@ def test_viewer_ranks_images_by_the_evaluate_notebooks_per_image_miou(trained, t
     lo = sorted(float(rows[i]['miou']) for i in want)[len(want) // 2]
     viewer.keep.value = (lo, viewer.keep.max)                   # filter: only the better half
     assert viewer.order and all(float(rows[i]['miou']) >= lo - 1e-6 for i in viewer.order)
+
+
+@pytest.mark.slow
+def test_train_notebook_refuses_a_mistyped_toy_data_root(tmp_path):
+    "A data_root that holds no toy world stops the run at once; nothing is generated at the typo"
+    typo = tmp_path/'toyworlld'
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        pm.execute_notebook(str(NBS/'train.ipynb'), str(tmp_path/'o.ipynb'), kernel_name='python3',
+                            parameters=dict(TINY, data_root=str(typo), out_dir=str(tmp_path/'run')), progress_bar=False)
+    assert e.value.ename == 'FileNotFoundError' and 'a typo?' in e.value.evalue
+    assert not typo.exists() and not (tmp_path/'run').exists()
