@@ -164,3 +164,19 @@ def test_train_notebook_refuses_a_mistyped_toy_data_root(tmp_path):
                             parameters=dict(TINY, data_root=str(typo), out_dir=str(tmp_path/'run')), progress_bar=False)
     assert e.value.ename == 'FileNotFoundError' and 'a typo?' in e.value.evalue
     assert not typo.exists() and not (tmp_path/'run').exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('schedule', [dict(iters=7), dict(epochs=2)])
+def test_train_notebook_runs_the_whole_schedule_over_several_epochs(tmp_path, schedule):
+    "More than one epoch of a small world: the notebook trains exactly `schedule_length` iterations (iters or epochs)"
+    from semivl.toyworld import ensure_toyworld
+    from semivl.train import TrainCfg, schedule_length
+    world = ensure_toyworld(tmp_path/'world', n_train=30, n_val=4, split_sizes=(20,), progress=False)  # 10 unlabeled
+    pm.execute_notebook(str(NBS/'train.ipynb'), str(tmp_path/'o.ipynb'), kernel_name='python3', progress_bar=False,
+                        parameters=dict(data_root=str(world), split=20, method='unimatch', batch_size=2, snapshots=1,
+                                        val_limit=2, out_dir=str(tmp_path/'run'), **schedule))
+    m = json.loads((tmp_path/'run'/'metrics.json').read_text())
+    cfg = TrainCfg.preset('toy').update(**schedule, **({'iters': None} if 'epochs' in schedule else {}))
+    epochs, total = schedule_length(cfg, 10 // 2)
+    assert epochs == 2 and m['iterations'] == m['total_iters'] == total == 10
