@@ -824,6 +824,8 @@ def train(cfg: TrainCfg,
     if not resume and rank == 0:                     # a fresh run: an older run's fallback must never be offered
         for p in (prev_path(ck_path), checksum_path(prev_path(ck_path))): p.unlink(missing_ok=True)
         for p in (out_dir / 'debug').glob('it*.npz'): p.unlink(missing_ok=True)   # nor its debug dumps
+    if resume and rank == 0 and not (ck_path.exists() or prev_path(ck_path).exists()):
+        warnings.warn(f"resume=True but {out_dir} holds no checkpoint (last.pt): starting a new run")
     if resume and (ck_path.exists() or prev_path(ck_path).exists()):
         ck = _resume(ck_path, device, rank, world)
         if num_classes is not None and ck.get('num_classes') not in (None, num_classes):
@@ -878,7 +880,8 @@ def train(cfg: TrainCfg,
     bar = tqdm(total=total, initial=it, disable=not progress or rank != 0, desc=cfg.method)
     sums, n_sum, t0, postfix, n_bad = {}, 0, time.time(), {}, 0
     with _StopSignals(handle_signals) as sig:
-        for epoch in range(it // ipe, epochs):
+        done = stop_after is not None and it >= stop_after   # resuming a run that already reached its stop
+        for epoch in range(it // ipe, it // ipe if done else epochs):
             bx_iter = _batches(loader_x, cfg.seed, epoch)
             bu_iter = _batches(loader_u, cfg.seed + 1, epoch) if loader_u is not None else None
             skip = (it - epoch * ipe) * cfg.grad_accum

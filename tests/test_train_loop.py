@@ -200,3 +200,28 @@ def test_bf16_autocast_on_cpu_where_native(tmp_path, monkeypatch, pretend_no_bf1
         train(cfg, model, lx, None, out_dir=tmp_path, stop_after=2, progress=False)
     assert set(seen) == ({torch.bfloat16} if native else {torch.float32}), (seen, why)
     assert any(f'amp_bf16: {why}' in str(x.message) for x in w) != native
+
+
+def test_resume_of_a_finished_run_trains_nothing(tmp_path):
+    "resume=True at (or past) stop_after returns the same weights and iteration; resume without a checkpoint says so"
+    import warnings
+    import torch.nn.functional as F
+    from semivl.data import build_loader, semi_datasets
+    from semivl.segmentor import ModelCfg, SemiVLSegmentor
+    from semivl.toyclip import create_toy_clip
+    from semivl.toyworld import ensure_toyworld
+    from semivl.train import TrainCfg, train
+    torch.manual_seed(0)
+    ds = semi_datasets(ensure_toyworld(), '20', uint8=True)
+    model = SemiVLSegmentor(ModelCfg.preset('toy'), create_toy_clip(), F.normalize(torch.randn(11, 128), dim=-1))
+    lx = build_loader(ds['train_l'], batch_size=2, num_workers=0)
+    cfg = TrainCfg(method='supervised', epochs=None, iters=4, log_every=1)
+    with pytest.warns(UserWarning, match='holds no checkpoint'):
+        train(cfg, model, lx, None, out_dir=tmp_path, resume=True, stop_after=2, progress=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')   # and no "no checkpoint" warning this time
+        r = train(cfg, model, lx, None, out_dir=tmp_path, resume=True, stop_after=2, progress=False)
+    assert r['iteration'] == 2
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert load_checkpoint(tmp_path/'last.pt')['iteration'] == 2
