@@ -21,9 +21,9 @@ from .transforms import (hflip, mask_to_tensor, normalize, normalize_batch, obta
 __all__ = ['DATASETS', 'ALIASES', 'CITYSCAPES_ID_TO_TRAINID', 'MODES', 'SPLIT_SOURCES', 'OFFICIAL_SPLITS', 'DatasetInfo',
            'DataError', 'read_classes', 'dataset_info', 'dataset_classes', 'remap_mask', 'read_split', 'write_split',
            'split_file', 'load_image', 'load_mask', 'fake_dataset', 'SemiDataset', 'val_resize_size', 'semi_datasets',
-           'val_split_file', 'first_n', 'denormalize', 'seed_worker', 'build_loader', 'set_epoch', 'split_partner',
-           'DatasetReport', 'check_dataset', 'class_balanced_split', 'mask_classes', 'training_pool', 'make_split',
-           'official_split_urls']
+           'val_split_file', 'split_fingerprint', 'first_n', 'denormalize', 'seed_worker', 'build_loader', 'set_epoch',
+           'split_partner', 'DatasetReport', 'check_dataset', 'class_balanced_split', 'mask_classes', 'training_pool',
+           'make_split', 'official_split_urls']
 
 # %% ../nbs/03_data.ipynb #e2264405
 @dataclass
@@ -382,6 +382,17 @@ def val_split_file(root: str | Path, # dataset folder
     found = sorted(str(p.relative_to(root/'splits'))[:-4] for p in (root/'splits').glob('*.txt')) if (root/'splits').is_dir() else []
     raise DataError(f"no evaluation list {val!r}: neither {root/'splits'/f'{val}.txt'} nor {root/str(val)} exists; "
                     f"split files in {root/'splits'}: {found or 'none'}")
+
+def split_fingerprint(root: str | Path, # dataset folder
+                      split: str,        # split name under root/splits
+                     ) -> str:
+    "Short sha256 of a split's labeled and unlabeled lists: a resume can tell whether its split files changed"
+    import hashlib
+    h = hashlib.sha256()
+    for f in ('labeled', 'unlabeled'):
+        p = Path(root)/'splits'/str(split)/f'{f}.txt'
+        h.update(p.read_bytes() if p.is_file() else b'')
+    return h.hexdigest()[:16]
 
 def first_n(ds: Dataset, # any dataset
             n: int | None = None, # keep the first n items (None: all)

@@ -15,10 +15,10 @@ from .losses import (clip_guidance_loss, confidence_weighted_loss, cutmix_img_, 
                            pixel_ce, pseudo_labels, semivl_total_loss, supervised_ce)
 
 # %% auto #0
-__all__ = ['METHODS', 'TRAIN_PRESETS', 'LABELED_KEYS', 'UNLABELED_KEYS', 'CONF_MODES', 'MCC_REDUCE', 'RUN_FILES', 'OOM_HINT',
-           'TrainCfg', 'train_step', 'custom_keys', 'match_custom_key', 'param_groups', 'PolyLR', 'build_optimizer',
-           'rng_states', 'set_rng_states', 'CheckpointError', 'prev_path', 'checksum_path', 'file_sha256',
-           'save_checkpoint', 'load_checkpoint', 'save_safetensors', 'dist_info', 'init_distributed',
+__all__ = ['METHODS', 'TRAIN_PRESETS', 'LABELED_KEYS', 'UNLABELED_KEYS', 'CONF_MODES', 'RUN_IDENTITY', 'MCC_REDUCE', 'RUN_FILES',
+           'OOM_HINT', 'TrainCfg', 'train_step', 'custom_keys', 'match_custom_key', 'param_groups', 'PolyLR',
+           'build_optimizer', 'rng_states', 'set_rng_states', 'CheckpointError', 'prev_path', 'checksum_path',
+           'file_sha256', 'save_checkpoint', 'load_checkpoint', 'save_safetensors', 'dist_info', 'init_distributed',
            'average_gradients', 'MetricLog', 'debug_arrays', 'debug_dump_path', 'save_debug_dump', 'schedule_length',
            'ConfigError', 'check_train_cfg', 'validate', 'RunExistsError', 'prepare_out_dir', 'NonFiniteLossError',
            'TrainingInterrupted', 'train']
@@ -541,6 +541,7 @@ class ConfigError(ValueError):
     "Settings that cannot work together; the message lists every problem found"
 
 CONF_MODES = ('pixelwise', 'pixelratio', 'pixelavg')
+RUN_IDENTITY = ('method', 'seed', 'batch_size')  # settings a resume may not change (the schedule may be extended)
 MCC_REDUCE = ('mean_all', 'mean_valid', 'mean')
 
 def _train_cfg_problems(cfg: TrainCfg) -> list[str]:
@@ -800,6 +801,7 @@ def train(cfg: TrainCfg,
           class_names: list[str] | None = None,
           handle_signals: bool = True, # Ctrl-C / SIGTERM save a resumable checkpoint before stopping
           ckpt_minutes: float | None = None, # also write last.pt when this many minutes passed since the last save
+          run_info: dict | None = None, # what makes this run this run (dataset, data root, split and its files' hash): a resume must match
          ) -> dict:
     "Train `model` with `cfg`; returns `{'iteration', 'best_miou', 'last_miou', 'out_dir', 'skipped_steps', ...}`"
     from tqdm.auto import tqdm
@@ -833,6 +835,13 @@ def train(cfg: TrainCfg,
         changed = {k: (v, getattr(cfg, k)) for k, v in ck.get('config', {}).items()
                    if k != 'total_iters' and hasattr(cfg, k) and v != getattr(cfg, k)
                    and not (isinstance(v, (list, tuple)) and tuple(v) == tuple(getattr(cfg, k)))}
+        other = {k: v for k, v in changed.items() if k in RUN_IDENTITY}
+        if run_info is not None and ck.get('run') is not None:
+            other.update({k: (ck['run'].get(k), v) for k, v in run_info.items() if ck['run'].get(k) != v})
+        if other:
+            raise ConfigError(f"{ck_path} belongs to another run (saved → now): {other}. Resume it with its own settings, "
+                              f"or start this one in another out_dir (or with overwrite=True in the train notebook)")
+        changed = {k: v for k, v in changed.items() if k not in RUN_IDENTITY}
         if changed: warnings.warn(f"resuming {ck_path} with a changed config (saved → now): {changed}")
         model.load_state_dict(ck['model']); opt.load_state_dict(ck['optimizer']); sched.load_state_dict(ck['scheduler'])
         it, best, last_miou = ck['iteration'], ck['best_miou'], ck.get('last_miou')
@@ -850,7 +859,7 @@ def train(cfg: TrainCfg,
         return dict(model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(), iteration=it,
                     best_miou=best, last_miou=last_miou, rng=rngs, config=cfg.to_dict(), num_classes=num_classes,
                     class_names=list(class_names) if class_names is not None else None,
-                    skipped_steps=n_bad_total, data_skipped=n_data_skipped, **extra)
+                    skipped_steps=n_bad_total, data_skipped=n_data_skipped, run=run_info, **extra)
 
     own_last = [resume]                          # last.pt is this run's: keep it as last.prev.pt when replacing it
     def checkpoint(name='last.pt', **extra):

@@ -180,3 +180,19 @@ def test_train_notebook_runs_the_whole_schedule_over_several_epochs(tmp_path, sc
     cfg = TrainCfg.preset('toy').update(**schedule, **({'iters': None} if 'epochs' in schedule else {}))
     epochs, total = schedule_length(cfg, 10 // 2)
     assert epochs == 2 and m['iterations'] == m['total_iters'] == total == 10
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('change', [dict(split=46), dict(method='unimatch')])
+def test_resume_refuses_another_run(tmp_path, change):
+    "resume=True after changing the split or the method stops with both settings named; the run is left as it was"
+    run = lambda **p: pm.execute_notebook(str(NBS/'train.ipynb'), str(tmp_path/'o.ipynb'), kernel_name='python3',
+                                          parameters={**TINY, 'method': 'supervised', 'split': 20, 'snapshots': 1,
+                                                      'out_dir': str(tmp_path/'run'), **p}, progress_bar=False)
+    run()
+    before = (tmp_path/'run'/'last.pt').read_bytes()
+    with pytest.raises(pm.PapermillExecutionError) as e: run(resume=True, **change)
+    key, new = next(iter(change.items()))
+    assert e.value.ename == 'ConfigError' and 'belongs to another run' in e.value.evalue, e.value.evalue
+    assert key in e.value.evalue and str(new) in e.value.evalue
+    assert (tmp_path/'run'/'last.pt').read_bytes() == before
