@@ -115,7 +115,10 @@ def main():
     ap.add_argument('--out', default='runs/headroom')
     ap.add_argument('--quiet', action='store_true')
     ap.add_argument('--stop-after', type=int, default=None, help='stop every run at this iteration (a smoke test)')
+    ap.add_argument('--render', nargs='+', metavar='JSON', help='only merge these headroom.json files into one table')
+    ap.add_argument('--md', help='also write the merged table to this markdown file (with --render)')
     a = ap.parse_args()
+    if a.render: return render(a.render, a.md)
     torch.set_num_threads(a.threads)
     root = ensure_toyworld(); out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     world_all = oracle_world(root, out, a.split)
@@ -137,12 +140,33 @@ def main():
             rows.append(run(m, seed, a, root, world_all, clip, tok, text, vx, vy, val_loader))
             print(json.dumps(rows[-1]), flush=True)
     (out/'headroom.json').write_text(json.dumps(rows, indent=1))
-    cols = ['method', 'seed', 'iterations', 'miou', 'colour_miou', 'texture_acc', 'obj_kept', 'kept_acc', 'kept_texture_acc']
-    fmt = lambda v: f'{v:.1f}' if isinstance(v, float) else str(v)
-    print(f"\n`python benchmarks/toy_headroom.py --split {a.split} --iters {a.iters} --seeds {' '.join(map(str, a.seeds))}`\n")
-    print('| ' + ' | '.join(cols) + ' |\n|' + ' --- |' * len(cols))
-    for r in rows: print('| ' + ' | '.join(fmt(r.get(c, '')) for c in cols) + ' |')
+    cmd = (f"python benchmarks/toy_headroom.py --split {a.split} --iters {a.iters} --seeds {' '.join(map(str, a.seeds))} "
+           f"--methods {' '.join(a.methods)}")
+    print(markdown(rows, cmd))
 
+
+COLUMNS = ('method', 'seed', 'iterations', 'miou', 'colour_miou', 'texture_acc', 'obj_kept', 'kept_acc', 'kept_texture_acc')
+
+
+def markdown(rows: list[dict], cmd: str) -> str:
+    "The result table, guidance row first, then by method and seed"
+    fmt = lambda v: f'{v:.1f}' if isinstance(v, float) else str(v)
+    lines = [f'`{cmd}`', '', '| ' + ' | '.join(COLUMNS) + ' |', '|' + ' --- |' * len(COLUMNS)]
+    return '\n'.join(lines + ['| ' + ' | '.join(fmt(r.get(c, '')) for c in COLUMNS) + ' |' for r in rows])
+
+
+def render(paths: list[str], md: str | None):
+    "Merge the headroom.json of several runs (e.g. one per seed, run in parallel) into one table"
+    rows, seen = [], set()
+    for p in paths:
+        for r in json.loads(Path(p).read_text()):
+            key = (r['method'], r.get('seed'))
+            if key not in seen: seen.add(key); rows.append(r)
+    order = {m: i for i, m in enumerate(['supervised', 'unimatch', 'semivl', 'oracle'])}
+    rows.sort(key=lambda r: ('seed' in r, order.get(r['method'], 9), r.get('seed', -1)))
+    text = markdown(rows, 'python benchmarks/toy_headroom.py --render ' + ' '.join(paths))
+    print(text)
+    if md: Path(md).write_text(text + '\n')
 
 if __name__ == '__main__':
     main()
