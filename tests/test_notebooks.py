@@ -51,6 +51,12 @@ def test_train_notebook_writes_final_metrics(trained, method):
     assert sorted(p.name for p in (out/'debug').glob('it*.npz')) == [f'it{i:06d}.npz' for i in range(chunk, 4, chunk)]
     if method == 'semivl': assert 'train/loss_mc_fp' in rows[0]
     if method == 'supervised': assert 'train/loss_s1' not in rows[0]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    images = {}
+    for f in (out/'tb').glob('events.out.tfevents.*'):    # the pseudo-label panels of each snapshot
+        acc = EventAccumulator(str(f), size_guidance={'images': 0}).Reload()
+        for tag in acc.Tags()['images']: images[tag] = [e.step for e in acc.Images(tag)]
+    assert images.get('pseudo-labels/student') == list(range(chunk, 3, chunk)) + [3] and 'pseudo-labels/kept' in images
 
 
 @pytest.mark.slow
