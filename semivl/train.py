@@ -794,7 +794,7 @@ def train(cfg: TrainCfg,
           val_loader=None,           # validation batches for `evaluate` (None: no evaluation)
           num_classes: int | None = None, # needed with `val_loader`
           out_dir: str | Path = 'runs/semivl', # checkpoints, metrics.csv, tb/
-          resume: bool = True,       # continue from `out_dir/last.pt` if it exists
+          resume: bool | str = 'auto', # 'auto': continue from `out_dir/last.pt` if it exists; True: it must exist
           ckpt_every: int | None = None, # also write last.pt every N iterations
           stop_after: int | None = None, # stop (after checkpointing) at this iteration, e.g. for a smoke test
           progress: bool = True,     # tqdm bar (rank 0)
@@ -826,8 +826,9 @@ def train(cfg: TrainCfg,
     if not resume and rank == 0:                     # a fresh run: an older run's fallback must never be offered
         for p in (prev_path(ck_path), checksum_path(prev_path(ck_path))): p.unlink(missing_ok=True)
         for p in (out_dir / 'debug').glob('it*.npz'): p.unlink(missing_ok=True)   # nor its debug dumps
-    if resume and rank == 0 and not (ck_path.exists() or prev_path(ck_path).exists()):
-        warnings.warn(f"resume=True but {out_dir} holds no checkpoint (last.pt): starting a new run")
+    if resume is True and not (ck_path.exists() or prev_path(ck_path).exists()):
+        raise FileNotFoundError(f"resume=True but {out_dir} holds no checkpoint (last.pt) to resume: check out_dir, or "
+                                f"use resume='auto' to continue a run only if there is one")
     if resume and (ck_path.exists() or prev_path(ck_path).exists()):
         ck = _resume(ck_path, device, rank, world)
         if num_classes is not None and ck.get('num_classes') not in (None, num_classes):

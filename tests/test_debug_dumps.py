@@ -18,7 +18,7 @@ ITERS = 4
 pytestmark = pytest.mark.usefixtures('one_thread')   # conftest.py
 
 
-def toy_run(out_dir, iters=ITERS, resume=True, **kw):
+def toy_run(out_dir, iters=ITERS, resume='auto', **kw):
     from semivl.data import build_loader, semi_datasets
     from semivl.toyworld import ensure_toyworld
     from semivl.viewer import toy_segmentor

@@ -203,7 +203,7 @@ def test_bf16_autocast_on_cpu_where_native(tmp_path, monkeypatch, pretend_no_bf1
 
 
 def test_resume_of_a_finished_run_trains_nothing(tmp_path):
-    "resume=True at (or past) stop_after returns the same weights and iteration; resume without a checkpoint says so"
+    "resume=True at (or past) stop_after returns the same weights and iteration; resume=True without a checkpoint is an error"
     import warnings
     import torch.nn.functional as F
     from semivl.data import build_loader, semi_datasets
@@ -216,11 +216,12 @@ def test_resume_of_a_finished_run_trains_nothing(tmp_path):
     model = SemiVLSegmentor(ModelCfg.preset('toy'), create_toy_clip(), F.normalize(torch.randn(11, 128), dim=-1))
     lx = build_loader(ds['train_l'], batch_size=2, num_workers=0)
     cfg = TrainCfg(method='supervised', epochs=None, iters=4, log_every=1)
-    with pytest.warns(UserWarning, match='holds no checkpoint'):
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint .* resume='auto'"):
         train(cfg, model, lx, None, out_dir=tmp_path, resume=True, stop_after=2, progress=False)
+    train(cfg, model, lx, None, out_dir=tmp_path, resume='auto', stop_after=2, progress=False)   # nothing yet: a new run
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with warnings.catch_warnings():
-        warnings.simplefilter('error')   # and no "no checkpoint" warning this time
+        warnings.simplefilter('error')
         r = train(cfg, model, lx, None, out_dir=tmp_path, resume=True, stop_after=2, progress=False)
     assert r['iteration'] == 2
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
