@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_clip.ipynb #0434ab07
 from __future__ import annotations
-import copy, json, warnings
+import collections, copy, io, json, pickle, re, warnings, zipfile
 from pathlib import Path
 
 import torch
@@ -16,9 +16,10 @@ from open_clip.transformer import VisionTransformer, ResidualAttentionBlock
 from torch.utils.checkpoint import checkpoint
 
 # %% auto #0
-__all__ = ['CHECKPOINT_NAMES', 'resolve_weights', 'read_state_dict', 'pretrained_tag_of', 'load_clip', 'run_clip',
-           'resize_pos_embed', 'value_path', 'block_forward', 'ClipBackbone', 'clone_visual', 'frozen_clip_encoder',
-           'official_to_visual', 'visual_to_official', 'load_official_backbone']
+__all__ = ['CHECKPOINT_NAMES', 'resolve_weights', 'read_state_dict', 'is_torchscript_archive', 'read_torchscript_tensors',
+           'pretrained_tag_of', 'load_clip', 'run_clip', 'resize_pos_embed', 'value_path', 'block_forward',
+           'ClipBackbone', 'clone_visual', 'frozen_clip_encoder', 'official_to_visual', 'visual_to_official',
+           'load_official_backbone']
 
 # %% ../nbs/04_clip.ipynb #1fd9cfa3
 _OPENAI_EXTRA_KEYS = ('input_resolution', 'context_length', 'vocab_size')
@@ -44,13 +45,68 @@ def read_state_dict(path: str | Path, # .pt/.pth/.bin (torch or TorchScript arch
     if path.suffix == '.safetensors':
         from safetensors.torch import load_file
         sd = load_file(str(path))
+    elif is_torchscript_archive(path):  # OpenAI's released files: read as data, never compiled or run
+        sd = read_torchscript_tensors(path)
     else:
         try: sd = torch.load(path, map_location='cpu', weights_only=True)
-        except Exception:  # OpenAI's released files are TorchScript archives
-            sd = torch.jit.load(str(path), map_location='cpu').state_dict()
+        except pickle.UnpicklingError as e:
+            g = re.search(r'GLOBAL ([\w.]+)', str(e))
+            what = f'the Python global {g.group(1)}' if g else 'objects other than tensors'
+            raise ValueError(f"refusing to load CLIP weights {path}: its pickle asks for {what}, which could run code "
+                             f"(refused: nothing in it was run)") from None
     for wrapper in ('state_dict', 'model'):
         if isinstance(sd, dict) and wrapper in sd and isinstance(sd[wrapper], dict): sd = sd[wrapper]
     return {k.removeprefix('module.'): v for k, v in sd.items()}
+
+# %% ../nbs/04_clip.ipynb #7a5c0002
+class _ScriptObject:
+    "A TorchScript module or object as plain data: the attributes it was pickled with, never its code"
+    def __setstate__(self, state): self.state = state
+
+def _plain(v, t=None): return v   # torch.jit._pickle's list builders and type tags, as the plain values they wrap
+
+_ARCHIVE_GLOBALS = {('torch._utils', '_rebuild_tensor_v2'): torch._utils._rebuild_tensor_v2,
+                    ('collections', 'OrderedDict'): collections.OrderedDict,
+                    **{('torch.jit._pickle', f): _plain for f in ('build_intlist', 'build_tensorlist', 'build_doublelist',
+                                                                  'build_boollist', 'restore_type_tag')}}
+
+class _ArchiveUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, zf: zipfile.ZipFile, prefix: str):
+        super().__init__(io.BytesIO(data)); self.zf, self.prefix = zf, prefix
+    def find_class(self, module, name):
+        if module.startswith('__torch__'): return _ScriptObject
+        if module == 'torch' and name.endswith('Storage') and isinstance(getattr(torch, name, None), type):
+            return getattr(torch, name)                     # only a dtype marker for `persistent_load`
+        if (module, name) in _ARCHIVE_GLOBALS: return _ARCHIVE_GLOBALS[module, name]
+        raise pickle.UnpicklingError(f"refused the global {module}.{name}")
+    def persistent_load(self, pid):
+        _, storage_type, key, _, numel = pid
+        raw = bytearray(self.zf.read(f'{self.prefix}/data/{key}'))
+        return torch.storage.TypedStorage(wrap_storage=torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8),
+                                          dtype=storage_type.dtype, _internal=True)
+
+def is_torchscript_archive(path: str | Path) -> bool:
+    "A zip with TorchScript's layout (`<name>/data.pkl` next to `<name>/constants.pkl` or `<name>/code/`)"
+    if not zipfile.is_zipfile(path): return False
+    with zipfile.ZipFile(path) as zf: names = zf.namelist()
+    return any(n.endswith('/data.pkl') for n in names) and any(n.endswith('/constants.pkl') or '/code/' in n for n in names)
+
+def read_torchscript_tensors(path: str | Path, # a TorchScript archive (e.g. OpenAI's ViT-B-16.pt)
+                            ) -> dict[str, torch.Tensor]:
+    "Every tensor attribute of the archived module, by its dotted name, without running the archive's code"
+    with zipfile.ZipFile(path) as zf:
+        data = next(n for n in zf.namelist() if n.endswith('/data.pkl') and n.count('/') == 1)
+        try: root = _ArchiveUnpickler(zf.read(data), zf, data.split('/')[0]).load()
+        except pickle.UnpicklingError as e:
+            raise ValueError(f"refusing to read {path}: not plain TorchScript weights ({e}); nothing in it was run") from None
+    out = {}
+    def walk(obj, prefix):
+        items = obj.state.items() if isinstance(obj, _ScriptObject) and isinstance(obj.state, dict) else ()
+        for k, v in items:
+            if isinstance(v, torch.Tensor): out[prefix + k] = v
+            elif isinstance(v, _ScriptObject): walk(v, f'{prefix}{k}.')
+    walk(root, '')
+    return out
 
 # %% ../nbs/04_clip.ipynb #d8854082
 def _model_config(model) -> tuple[dict, str | None]:
