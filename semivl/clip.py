@@ -54,6 +54,9 @@ def read_state_dict(path: str | Path, # .pt/.pth/.bin (torch or TorchScript arch
             what = f'the Python global {g.group(1)}' if g else 'objects other than tensors'
             raise ValueError(f"refusing to load CLIP weights {path}: its pickle asks for {what}, which could run code "
                              f"(refused: nothing in it was run)") from None
+        except (KeyError, RuntimeError, EOFError) as e:  # (a text file: KeyError of its first byte)
+            raise ValueError(f"cannot read CLIP weights {path}: not a torch state dict, a .safetensors file or a "
+                             f"TorchScript archive, or truncated ({type(e).__name__}: {str(e)[:80]})") from None
     for wrapper in ('state_dict', 'model'):
         if isinstance(sd, dict) and wrapper in sd and isinstance(sd[wrapper], dict): sd = sd[wrapper]
     return {k.removeprefix('module.'): v for k, v in sd.items()}

@@ -481,3 +481,11 @@ def test_ckpt_minutes_bounds_the_work_a_sigkill_can_lose(tmp_path):
     assert not prev_path(tmp_path / 'epoch' / 'last.pt').exists()
     run(tmp_path / 'timed', epochs=1, ckpt_minutes=0.0)            # a save after every iteration
     assert load_checkpoint(prev_path(tmp_path / 'timed' / 'last.pt'))['iteration'] == 3
+
+
+def test_a_text_file_as_checkpoint_or_clip_weights_gets_one_clear_error(tmp_path):
+    "It used to surface as a bare `KeyError: 101` (the file's first byte, 'e')"
+    from semivl.clip import read_state_dict
+    f = tmp_path/'notes.pt'; f.write_text('experiment notes, not weights\n')
+    with pytest.raises(CheckpointError, match='not a torch file'): load_checkpoint(f)
+    with pytest.raises(ValueError, match='not a torch state dict'): read_state_dict(f)
