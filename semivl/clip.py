@@ -51,10 +51,12 @@ def read_state_dict(path: str | Path, # .pt/.pth/.bin (torch or TorchScript arch
         try: sd = torch.load(path, map_location='cpu', weights_only=True)
         except pickle.UnpicklingError as e:
             g = re.search(r'GLOBAL ([\w.]+)', str(e))
-            what = f'the Python global {g.group(1)}' if g else 'objects other than tensors'
+            if g is None: raise ValueError(f"cannot read CLIP weights {path}: not a torch state dict, a .safetensors file "
+                                           f"or a TorchScript archive, or truncated ({str(e)[:80]})") from None
+            what = f'the Python global {g.group(1)}'
             raise ValueError(f"refusing to load CLIP weights {path}: its pickle asks for {what}, which could run code "
                              f"(refused: nothing in it was run)") from None
-        except (KeyError, RuntimeError, EOFError) as e:  # (a text file: KeyError of its first byte)
+        except Exception as e:  # any other parse failure: a text file fails as KeyError, IndexError, ... of its bytes
             raise ValueError(f"cannot read CLIP weights {path}: not a torch state dict, a .safetensors file or a "
                              f"TorchScript archive, or truncated ({type(e).__name__}: {str(e)[:80]})") from None
     for wrapper in ('state_dict', 'model'):

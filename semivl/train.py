@@ -352,7 +352,7 @@ def _load_one(path: Path, map_location, trusted: bool) -> dict:
         raise CheckpointError(f"refusing to load {path}: its pickle asks for {what}, and unpickling it could run code "
                               f"(it was refused: nothing in it was run). Load it with torch.load(weights_only=False) "
                               f"only if you trust its source.") from None
-    except (RuntimeError, EOFError, ValueError, OSError, KeyError) as e:  # (a text file: KeyError of its first byte)
+    except Exception as e:  # any other parse failure: a text file fails as KeyError, IndexError, ... of its bytes
         raise CheckpointError(f"cannot read checkpoint {path}: truncated or not a torch file "
                               f"({(str(e).splitlines() or [type(e).__name__])[0][:160]})") from None
 

@@ -486,6 +486,7 @@ def test_ckpt_minutes_bounds_the_work_a_sigkill_can_lose(tmp_path):
 def test_a_text_file_as_checkpoint_or_clip_weights_gets_one_clear_error(tmp_path):
     "It used to surface as a bare `KeyError: 101` (the file's first byte, 'e')"
     from semivl.clip import read_state_dict
-    f = tmp_path/'notes.pt'; f.write_text('experiment notes, not weights\n')
-    with pytest.raises(CheckpointError, match='not a torch file'): load_checkpoint(f)
-    with pytest.raises(ValueError, match='not a torch state dict'): read_state_dict(f)
+    for i, text in enumerate(['experiment notes, not weights\n', 'e', '{"lr": 0.1}']):   # text fails in many ways
+        f = tmp_path/f'notes{i}.pt'; f.write_text(text)
+        with pytest.raises(CheckpointError, match='not a torch file|not a file of tensors'): load_checkpoint(f)
+        with pytest.raises(ValueError, match='not a torch state dict'): read_state_dict(f)
