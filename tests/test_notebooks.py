@@ -202,3 +202,25 @@ def test_resume_refuses_another_run(tmp_path, change):
     assert e.value.ename == 'ConfigError' and 'belongs to another run' in e.value.evalue, e.value.evalue
     assert key in e.value.evalue and str(new) in e.value.evalue
     assert (tmp_path/'run'/'last.pt').read_bytes() == before
+
+
+@pytest.mark.slow
+def test_evaluate_notebook_checks_that_the_model_fits_the_data(trained, tmp_path):
+    "A checkpoint trained on other classes, or on another class count, stops before evaluating (one message each)"
+    import torch
+    from semivl.train import load_checkpoint, save_checkpoint
+    _, out = trained['supervised']
+    ck = load_checkpoint(out/'model.pt')
+    assert ck['class_names'][1] == 'striped red'
+    renamed = tmp_path/'renamed.pt'; save_checkpoint(renamed, dict(ck, class_names=['background'] + [f'cls{i}' for i in range(1, 11)]))
+    fewer = tmp_path/'three.pt'; save_checkpoint(fewer, dict(ck, model_cfg=dict(ck['model_cfg'], num_classes=3)))
+    ev = lambda f, **p: pm.execute_notebook(str(NBS/'evaluate.ipynb'), str(tmp_path/'e.ipynb'), kernel_name='python3',
+                                            parameters=dict(checkpoint=str(f), val_limit=2, n_show=1, out_dir=str(tmp_path), **p),
+                                            progress_bar=False)
+    for f, words in ((renamed, ('other classes', "(1, 'cls1', 'striped red')", 'ignore_class_names')),
+                     (fewer, ('predicts 3 classes', 'has 11'))):
+        with pytest.raises(pm.PapermillExecutionError) as e: ev(f)
+        assert e.value.ename == 'ValueError' and all(w in e.value.evalue for w in words), e.value.evalue
+    assert not (tmp_path/'eval_metrics.json').exists()
+    ev(renamed, ignore_class_names=True)                  # the explicit override evaluates
+    assert (tmp_path/'eval_metrics.json').exists()
