@@ -891,6 +891,7 @@ def train(cfg: TrainCfg,
 
     bar = tqdm(total=total, initial=it, disable=not progress or rank != 0, desc=cfg.method)
     sums, n_sum, t0, postfix, n_bad = {}, 0, time.time(), {}, 0
+    it0, bad0 = it, n_bad_total                  # this call's steps, for the everything-skipped check
     with _StopSignals(handle_signals) as sig:
         done = stop_after is not None and it >= stop_after   # resuming a run that already reached its stop
         for epoch in range(it // ipe, it // ipe if done else epochs):
@@ -989,6 +990,9 @@ def train(cfg: TrainCfg,
                 if stop_after is not None and it >= stop_after: break
             if stop_after is not None and it >= stop_after: break
     bar.close(); log.close()
+    if it > it0 and n_bad_total - bad0 == it - it0:   # nothing was learned: no model must look like a result
+        raise NonFiniteLossError(f"all {it - it0} training steps had a non-finite loss or gradients and were skipped, so "
+                                 f"no weight changed (are all labeled masks 'ignore'?); {out_dir} holds no trained model")
     if n_data_skipped: warnings.warn(f"{n_data_skipped} bad data sample(s) were skipped during training (see the "
                                      f"warnings above for their paths)")
     return dict(iteration=it, best_miou=best if best >= 0 else None, last_miou=last_miou, out_dir=out_dir,

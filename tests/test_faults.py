@@ -490,3 +490,10 @@ def test_a_text_file_as_checkpoint_or_clip_weights_gets_one_clear_error(tmp_path
         f = tmp_path/f'notes{i}.pt'; f.write_text(text)
         with pytest.raises(CheckpointError, match='not a torch file|not a file of tensors'): load_checkpoint(f)
         with pytest.raises(ValueError, match='not a torch state dict'): read_state_dict(f)
+
+
+def test_a_run_where_every_step_is_skipped_fails(tmp_path):
+    "Every labeled sample poisoned, fewer steps than max_bad_steps: the run must not end as if it had trained"
+    lx, lu = loaders(nan=range(8))
+    with pytest.warns(UserWarning, match='update skipped'), pytest.raises(NonFiniteLossError, match='all 4 training steps'):
+        run(tmp_path, epochs=1, lx=lx, lu=lu)
