@@ -77,7 +77,7 @@ def kept_pixels(labels: torch.Tensor, keep: torch.Tensor, y: torch.Tensor) -> di
                 kept_texture_acc=100 * (labels == y)[col_ok].float().mean().item() if col_ok.any() else float('nan'))
 
 
-def run(method: str, seed: int, a, root: Path, world_all: Path, clip, tok, text, vx, vy, val_loader) -> dict:
+def run(method: str, seed: int, a, root: Path, world_all: Path, clip, text, vx, vy, val_loader) -> dict:
     data_root, split = (world_all, 'all') if method == 'oracle' else (root, a.split)
     info = dataset_info(data_root)
     tcfg = TrainCfg.preset('toy').update(method='supervised' if method == 'oracle' else method, seed=seed, iters=a.iters)
@@ -137,7 +137,7 @@ def main():
     print(json.dumps(rows[-1]), flush=True)
     for seed in a.seeds:
         for m in a.methods:
-            rows.append(run(m, seed, a, root, world_all, clip, tok, text, vx, vy, val_loader))
+            rows.append(run(m, seed, a, root, world_all, clip, text, vx, vy, val_loader))
             print(json.dumps(rows[-1]), flush=True)
     (out/'headroom.json').write_text(json.dumps(rows, indent=1))
     cmd = (f"python benchmarks/toy_headroom.py --split {a.split} --iters {a.iters} --seeds {' '.join(map(str, a.seeds))} "

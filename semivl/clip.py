@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_clip.ipynb #0434ab07
 from __future__ import annotations
-import collections, copy, io, json, pickle, re, warnings, zipfile
+import collections, copy, io, json, pickle, warnings, zipfile
 from pathlib import Path
 
 import torch
@@ -14,6 +14,7 @@ import open_clip
 from open_clip.model import CLIP, CustomTextCLIP
 from open_clip.transformer import VisionTransformer, ResidualAttentionBlock
 from torch.utils.checkpoint import checkpoint
+from .core import refused_global
 
 # %% auto #0
 __all__ = ['CHECKPOINT_NAMES', 'resolve_weights', 'read_state_dict', 'is_torchscript_archive', 'read_torchscript_tensors',
@@ -50,10 +51,10 @@ def read_state_dict(path: str | Path, # .pt/.pth/.bin (torch or TorchScript arch
     else:
         try: sd = torch.load(path, map_location='cpu', weights_only=True)
         except pickle.UnpicklingError as e:
-            g = re.search(r'GLOBAL ([\w.]+)', str(e))
+            g = refused_global(e)
             if g is None: raise ValueError(f"cannot read CLIP weights {path}: not a torch state dict, a .safetensors file "
                                            f"or a TorchScript archive, or truncated ({str(e)[:80]})") from None
-            what = f'the Python global {g.group(1)}'
+            what = f'the Python global {g}'
             raise ValueError(f"refusing to load CLIP weights {path}: its pickle asks for {what}, which could run code "
                              f"(refused: nothing in it was run)") from None
         except Exception as e:  # any other parse failure: a text file fails as KeyError, IndexError, ... of its bytes

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['IGNORE_INDEX', 'IMAGENET_MEAN', 'IMAGENET_STD', 'CLIP_MEAN', 'CLIP_STD', 'get_device', 'native_bf16',
-           'seed_everything', 'cache_dir', 'assets_dir', 'Cfg', 'color_palette']
+__all__ = ['IGNORE_INDEX', 'IMAGENET_MEAN', 'IMAGENET_STD', 'CLIP_MEAN', 'CLIP_STD', 'get_device', 'refused_global',
+           'native_bf16', 'seed_everything', 'cache_dir', 'assets_dir', 'Cfg', 'color_palette']
 
 # %% ../nbs/00_core.ipynb #80a6a117
 IGNORE_INDEX = 255  # label value skipped by losses and metrics
@@ -43,6 +43,12 @@ def _cpu_flags() -> set[str]:
     try: text = Path('/proc/cpuinfo').read_text()
     except OSError: return set()
     return {f for line in text.splitlines() if line.startswith('flags') for f in line.split(':', 1)[1].split()}
+
+def refused_global(err: Exception) -> str | None:
+    "The global that torch's `weights_only` unpickler refused in `err` ('posix.system', ...), or None"
+    import re
+    m = re.search(r'GLOBAL ([\w.]+)', str(err))
+    return m.group(1) if m else None
 
 def native_bf16(device: str | torch.device = 'cpu', # where the model runs
                ) -> tuple[bool, str]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .core import Cfg, IGNORE_INDEX, native_bf16
+from .core import Cfg, IGNORE_INDEX, native_bf16, refused_global
 from .losses import (clip_guidance_loss, confidence_weighted_loss, cutmix_img_, cutmix_mask, mcc_lambda,
                            pixel_ce, pseudo_labels, semivl_total_loss, supervised_ce)
 
@@ -235,7 +235,7 @@ def build_optimizer(model: nn.Module, cfg: TrainCfg):
     return opt, sched
 
 # %% ../nbs/10_train.ipynb #7e1b3afa
-import contextlib, csv, errno, hashlib, io, itertools, json, os, pickle, random, re, signal, sys, tempfile, threading, time, warnings
+import contextlib, csv, errno, hashlib, io, itertools, json, os, pickle, random, signal, sys, tempfile, threading, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -347,8 +347,8 @@ def _load_one(path: Path, map_location, trusted: bool) -> dict:
         if 'GLOBAL' not in msg:                      # not a refused class/function: a broken or exotic pickle
             raise CheckpointError(f"cannot read checkpoint {path}: truncated, or not a file of tensors and plain "
                                   f"containers ({detail}); nothing in it was run") from None
-        blocked = re.search(r'GLOBAL ([\w.]+)', msg)
-        what = f"the Python global {blocked.group(1)}" if blocked else 'Python objects other than tensors and plain containers'
+        blocked = refused_global(e)
+        what = f"the Python global {blocked}" if blocked else 'Python objects other than tensors and plain containers'
         raise CheckpointError(f"refusing to load {path}: its pickle asks for {what}, and unpickling it could run code "
                               f"(it was refused: nothing in it was run). Load it with torch.load(weights_only=False) "
                               f"only if you trust its source.") from None

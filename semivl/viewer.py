@@ -614,12 +614,15 @@ class PseudoLabelViewer(widgets.VBox):
         if key == 'index': return np.arange(len(self.state), dtype=float)
         if key in self.metrics: return self.metrics[key]
         s, src = self.settings, self.text_source.value if self.state.model.text_sources else None
-        vals = []
-        for i in range(len(self.state)):  # the cache makes a second pass cheap
-            out = self.state.outputs(i, 'weak', src, self.seed)
-            st = image_stats(out.label, out.conf, _mc_labels(out, s), s.thresh, self.n_classes, out.gt, out.ignore)
-            vals.append(st[LIVE_STATS[key]])
-        return np.array(vals, dtype=float)
+        tag = (key, s.thresh, s.mc_thresh, src, self.seed)   # the keep slider and 'high first' reuse one pass
+        if getattr(self, '_live', (None,))[0] != tag:
+            vals = []
+            for i in range(len(self.state)):
+                out = self.state.outputs(i, 'weak', src, self.seed)
+                st = image_stats(out.label, out.conf, _mc_labels(out, s), s.thresh, self.n_classes, out.gt, out.ignore)
+                vals.append(st[LIVE_STATS[key]])
+            self._live = (tag, np.array(vals, dtype=float))
+        return self._live[1]
 
     def _resort(self, new_key: bool = False):
         key = self.sort_by.value

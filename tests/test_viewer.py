@@ -263,3 +263,15 @@ def test_toy_world_fresh_student_zero_shot_and_checkpoint(tmp_path):
     assert toy_viewer('val', checkpoint=tmp_path/'old.pth').state.model.biases['guidance'].abs().sum() == 0
     torch.save({'model': {**old, 'stray': torch.zeros(1)}}, tmp_path/'bad.pth')
     with pytest.raises(KeyError, match='stray'): toy_segmentor(tmp_path/'bad.pth')
+
+
+def test_live_ranking_orders_by_the_statistic_and_reuses_its_pass(viewer):
+    "Sorting by a live statistic walks the images in its order; moving the keep range does not recompute it"
+    viewer.sort_by.value = 'live: student = MaskCLIP'; viewer.high_first.value = True
+    vals = viewer.sort_values('live: student = MaskCLIP')
+    assert len(vals) == len(viewer.state) and list(vals[viewer.order]) == sorted(vals[~np.isnan(vals)], reverse=True)
+    first = viewer._live
+    viewer.keep.value = (float(np.nanmedian(vals)), viewer.keep.max)
+    assert viewer._live is first and all(vals[i] >= np.nanmedian(vals) for i in viewer.order)
+    viewer.thresh.value = 0.5                                  # another threshold: a new pass
+    viewer.sort_values('live: student = MaskCLIP'); assert viewer._live is not first
