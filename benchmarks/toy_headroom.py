@@ -26,7 +26,8 @@ from semivl.segmentor import ModelCfg, SemiVLSegmentor, fit_guidance_bg_bias
 from semivl.text import dataset_text
 from semivl.toyclip import load_toy_clip
 from semivl.toyworld import ensure_toyworld, load_split
-from semivl.train import TrainCfg, train
+from semivl.train import train
+from semivl.train_config import TrainCfg
 from semivl.transforms import normalize_batch
 
 colour_of = lambda c: (c + 1) // 2   # toy classes: 0 background, then (striped, dotted) per colour

@@ -97,7 +97,9 @@ def cpu_has_bf16():
 
 def run_one(name, args):
     "Run one variant in this process; print one JSON line"
-    from semivl.train import TrainCfg, build_optimizer, train_step
+    from semivl.train import train_step
+    from semivl.optim import build_optimizer
+    from semivl.train_config import TrainCfg
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     desc, model_kw, opts = VARIANTS[name]

@@ -41,7 +41,7 @@ def run_one(params: dict,                  # papermill parameters, with 'out_dir
         m = json.loads(metrics.read_text())
         if m.get('params') == params: return dict(m, status='cached')
     # a re-run (forced, new parameters, or after a failure) moves the earlier run aside: nothing is deleted
-    from semivl.train import RUN_FILES
+    from semivl.checkpoint import RUN_FILES
     run_params = dict(params, overwrite=True) if any((out/f).exists() for f in RUN_FILES) else params
     t0 = time.time()
     try:

@@ -4,87 +4,26 @@
 
 # %% ../nbs/10_train.ipynb #bf9f4073
 from __future__ import annotations
-import math
-from dataclasses import dataclass, field
+import contextlib, csv, io, math, os, signal, sys, threading, time, warnings
+from pathlib import Path
 
+import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
-from .core import Cfg, IGNORE_INDEX, native_bf16, refused_global
+from .checkpoint import (CheckpointError, _check_writable, _write_durable, checksum_path, load_checkpoint, prev_path,
+                               rng_states, save_checkpoint, set_rng_states)
+from .core import IGNORE_INDEX, native_bf16
+from .distributed import average_gradients, dist_info
 from .losses import (clip_guidance_loss, confidence_weighted_loss, cutmix_img_, cutmix_mask, mcc_lambda,
                            pixel_ce, pseudo_labels, semivl_total_loss, supervised_ce)
+from .optim import build_optimizer
+from .train_config import METHODS, RUN_IDENTITY, ConfigError, TrainCfg, check_train_cfg
 
 # %% auto #0
-__all__ = ['METHODS', 'TRAIN_PRESETS', 'LABELED_KEYS', 'UNLABELED_KEYS', 'CONF_MODES', 'RUN_IDENTITY', 'MCC_REDUCE', 'RUN_FILES',
-           'OOM_HINT', 'TrainCfg', 'train_step', 'custom_keys', 'match_custom_key', 'param_groups', 'PolyLR',
-           'build_optimizer', 'rng_states', 'set_rng_states', 'CheckpointError', 'prev_path', 'checksum_path',
-           'file_sha256', 'save_checkpoint', 'load_checkpoint', 'save_safetensors', 'dist_info', 'init_distributed',
-           'average_gradients', 'MetricLog', 'debug_arrays', 'debug_dump_path', 'save_debug_dump', 'schedule_length',
-           'ConfigError', 'check_train_cfg', 'validate', 'RunExistsError', 'prepare_out_dir', 'NonFiniteLossError',
-           'TrainingInterrupted', 'train']
-
-# %% ../nbs/10_train.ipynb #7e8970e6
-METHODS = ('supervised', 'unimatch', 'semivl')
-
-@dataclass
-class TrainCfg(Cfg):
-    "Everything the training step, optimiser, schedule and loop need (VOC headline defaults)"
-    method: str = 'semivl'            # one of `METHODS`
-    # --- pseudo-labels and losses
-    conf_thresh: float = 0.95         # student pseudo-label confidence threshold (inclusive)
-    conf_mode: str = 'pixelwise'      # pixelwise | pixelratio | pixelavg (Cityscapes)
-    mcc_lambda: tuple[float, float] = (0.1, 0.0)  # MaskCLIP guidance weight, linear start → end
-    mcc_conf_thresh: float = 0.9      # MaskCLIP labels below this confidence become 255
-    mcc_loss_reduce: str = 'mean_all' # mean_all | mean_valid | mean
-    fp_rate: float = 0.5              # channel-dropout rate of the feature-perturbation branch
-    safe_losses: bool = False         # 0 instead of NaN for all-ignored batches (official: NaN)
-    # --- optimiser and schedule
-    lr: float = 1e-4                  # base lr (AdamW)
-    backbone_lr_mult: float = 0.01    # VOC 0.01, COCO/ADE 0.001, Cityscapes 0.1
-    conv_encoder_lr_mult: float = 0.1 # Cityscapes ResNet stem
-    head_lr_mult: float = 10.0        # decoder
-    weight_decay: float = 0.01        # on everything trainable (the norm/ln exceptions never win)
-    betas: tuple[float, float] = (0.9, 0.999)
-    poly_power: float = 0.9
-    warmup_iters: int = 0             # official warmup rule, off in every headline run
-    warmup_ratio: float = 1e-6
-    lr_lag: bool = True               # official: the lr is updated *after* each step (step 0 uses the initial lr)
-    # --- run length and loop
-    batch_size: int = 2               # per process, for each of labeled / unlabeled
-    epochs: int | None = 80           # official schedule unit (VOC 80, COCO 10, ADE 40)
-    iters: int | None = None          # alternative (Cityscapes 83760 → epochs = ceil(iters / iters_per_epoch))
-    total_iters: int | None = None    # set from epochs/iters and the loader length by the loop
-    grad_accum: int = 1               # micro-batches per optimiser step
-    amp_bf16: bool = False            # bf16 autocast where the device computes bf16 natively (CUDA, AVX512-BF16/AMX CPUs)
-    eval_every: int | None = None     # evaluate every N iterations (None: every epoch)
-    eval_mode: str = 'zegclip_sliding_window'
-    eval_crop: int = 512
-    eval_stride: int | None = 426
-    log_every: int = 20
-    debug_every: int | None = None    # write a debug dump (out_dir/debug/it*.npz) every N iterations (None: off)
-    debug_images: int = 2             # images of the batch each debug dump keeps
-    seed: int = 0
-    # --- guards
-    max_bad_steps: int = 10           # consecutive non-finite steps (loss or gradients) skipped before training stops
-
-    @classmethod
-    def preset(cls, name: str):
-        "Headline config of dataset `name` (voc, coco, ade, cityscapes: spec §8), or the toy world's CPU schedule"
-        if name not in TRAIN_PRESETS: raise KeyError(f"unknown preset {name!r}; choose from {list(TRAIN_PRESETS)}")
-        return cls().update(**TRAIN_PRESETS[name])
-
-TRAIN_PRESETS = {
-    'voc': dict(),
-    'coco': dict(lr=4e-4, backbone_lr_mult=0.001, batch_size=8, epochs=10),
-    'ade': dict(lr=4e-4, backbone_lr_mult=0.001, batch_size=8, epochs=40),
-    'cityscapes': dict(lr=5e-5, backbone_lr_mult=0.1, conv_encoder_lr_mult=0.1, batch_size=8, epochs=None,
-                       iters=83760, conf_mode='pixelavg', eval_mode='sliding_window', eval_crop=801,
-                       eval_stride=None),
-    # the toy world on a CPU: every SemiVL setting of VOC, a short schedule (400 iterations, minutes), a higher lr and
-    # a 50-iteration warmup (without it the fresh decoder can sit on uniform logits for 100+ of the 400 iterations)
-    'toy': dict(lr=3e-4, backbone_lr_mult=0.1, batch_size=4, epochs=None, iters=400, warmup_iters=50,
-                eval_mode='zegclip_sliding_window', eval_crop=64, eval_stride=43, log_every=10),
-}
+__all__ = ['LABELED_KEYS', 'UNLABELED_KEYS', 'OOM_HINT', 'train_step', 'MetricLog', 'debug_arrays', 'debug_dump_path',
+           'save_debug_dump', 'schedule_length', 'NonFiniteLossError', 'TrainingInterrupted', 'train']
 
 # %% ../nbs/10_train.ipynb #2affdbd2
 def _unpack(batch, keys):
@@ -178,258 +117,6 @@ def train_step(model: nn.Module,  # segmentor (or a wrapper) honouring the contr
                    conf_w_mixed2=conf_w_mixed2, ignore_mask_mixed1=ign_mixed1, ignore_mask_mixed2=ign_mixed2)
         if semivl: out.update(mclip=mclip, mclip_other=mclip_o, mclip_mixed1=mclip_mixed1, mclip_mixed2=mclip_mixed2)
     return out
-
-# %% ../nbs/10_train.ipynb #6f84aafb
-def custom_keys(cfg: TrainCfg) -> dict[str, dict]:
-    "The official `paramwise_cfg.custom_keys` for `cfg` (the norm/ln entries never win for trainable params)"
-    return {'backbone': dict(lr_mult=cfg.backbone_lr_mult), 'text_encoder': dict(lr_mult=0.0),
-            'conv_encoder': dict(lr_mult=cfg.conv_encoder_lr_mult), 'norm': dict(decay_mult=0.0),
-            'ln': dict(decay_mult=0.0), 'head': dict(lr_mult=cfg.head_lr_mult)}
-
-def match_custom_key(name: str, keys: dict) -> str | None:
-    "The mmcv winner among `keys` for parameter `name`: sorted alphabetically, then longest first"
-    for k in sorted(sorted(keys), key=len, reverse=True):
-        if k in name: return k
-    return None
-
-# %% ../nbs/10_train.ipynb #ba23e4f7
-def param_groups(model: nn.Module,  # the segmentor
-                 lr: float,         # base lr
-                 weight_decay: float = 0.01,
-                 keys: dict[str, dict] | None = None, # custom keys; default `custom_keys(TrainCfg())`
-                ) -> list[dict]:
-    "AdamW groups `{'params','names','lr','weight_decay','key'}` for the trainable parameters, mmcv rules"
-    keys = custom_keys(TrainCfg()) if keys is None else keys
-    groups = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad: continue
-        k = match_custom_key(name, keys)
-        mult = keys.get(k, {})
-        g = groups.setdefault(k, dict(params=[], names=[], key=k, lr=lr * mult.get('lr_mult', 1.0),
-                                      weight_decay=weight_decay * mult.get('decay_mult', 1.0)))
-        g['params'].append(p); g['names'].append(name)
-    return list(groups.values())
-
-# %% ../nbs/10_train.ipynb #242b20cc
-class PolyLR:
-    "Poly lr factor for `LambdaLR`, with the official one-step lag and optional warmup"
-    def __init__(self, total_iters: int, power: float = 0.9, warmup_iters: int = 0, warmup_ratio: float = 1e-6,
-                 lag: bool = True):
-        self.total_iters, self.power, self.warmup_iters, self.warmup_ratio, self.lag = \
-            total_iters, power, warmup_iters, warmup_ratio, lag
-    def __call__(self, step: int) -> float:
-        "lr factor for optimiser step `step` (0-based)"
-        if self.lag:
-            if step == 0: return 1.0      # the official loop sets the lr only *after* each step
-            step -= 1
-        if step < self.warmup_iters:
-            return 1 - (1 - step / self.warmup_iters) * (1 - self.warmup_ratio)
-        return max(0.0, 1 - step / self.total_iters) ** self.power
-
-def build_optimizer(model: nn.Module, cfg: TrainCfg):
-    "`(AdamW, LambdaLR)`: mmcv-style groups, wd on everything trainable, poly schedule over `cfg.total_iters`"
-    opt = torch.optim.AdamW(param_groups(model, cfg.lr, cfg.weight_decay, custom_keys(cfg)), lr=cfg.lr,
-                            betas=cfg.betas, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, PolyLR(cfg.total_iters, cfg.poly_power, cfg.warmup_iters, cfg.warmup_ratio, cfg.lr_lag))
-    return opt, sched
-
-# %% ../nbs/10_train.ipynb #7e1b3afa
-import contextlib, csv, errno, hashlib, io, itertools, json, os, pickle, random, signal, sys, tempfile, threading, time, warnings
-from pathlib import Path
-
-import numpy as np
-import torch.distributed as dist
-
-def rng_states() -> dict:
-    "RNG states of python `random`, numpy, torch CPU and all CUDA devices (tensors and plain numbers only)"
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return dict(python=random.getstate(), torch=torch.get_rng_state(),
-                numpy=dict(kind=kind, keys=torch.from_numpy(keys.astype(np.int64)), pos=int(pos),
-                           has_gauss=int(has_gauss), gauss=float(gauss)),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [])
-
-def set_rng_states(s: dict):
-    "Restore what `rng_states` returned"
-    random.setstate(s['python']); torch.set_rng_state(s['torch'])
-    n = s['numpy']
-    if isinstance(n, dict): n = (n['kind'], n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'], n['gauss'])
-    np.random.set_state(n)
-    if s.get('cuda') and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
-
-# %% ../nbs/10_train.ipynb #dc666c96
-class CheckpointError(RuntimeError):
-    "A checkpoint that cannot be written, or cannot be trusted on load (truncated, corrupt, holding code)"
-
-def prev_path(path: str | Path) -> Path:
-    "Where `save_checkpoint(keep_prev=True)` keeps the previous file: `last.pt` -> `last.prev.pt`"
-    path = Path(path); return path.with_name(f'{path.stem}.prev{path.suffix}')
-
-def checksum_path(path: str | Path) -> Path:
-    "The checksum sidecar of a checkpoint: `last.pt` -> `last.pt.sha256`"
-    path = Path(path); return path.with_name(path.name + '.sha256')
-
-def file_sha256(path: str | Path) -> str:
-    "Hex sha256 of a file's bytes"
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 22), b''): h.update(chunk)
-    return h.hexdigest()
-
-def _read_sidecar(path: Path) -> str | None:
-    side = checksum_path(path)
-    if not side.exists(): return None
-    return side.read_text().split()[0] if side.read_text().strip() else ''
-
-def _write_durable(path: Path, data: bytes):
-    "Write `data` to `path` via a temp file + fsync + rename"
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    try:
-        with open(tmp, 'wb') as f: f.write(data); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(OSError): tmp.unlink(missing_ok=True)
-
-class _HashingWriter:
-    "File wrapper that hashes what `torch.save` writes through it"
-    def __init__(self, f): self.f, self.h = f, hashlib.sha256()
-    def write(self, b):
-        self.h.update(b); return self.f.write(b)
-    def flush(self): self.f.flush()
-
-# %% ../nbs/10_train.ipynb #3bc67a0f
-def save_checkpoint(path: str | Path, # destination file
-                    state: dict,      # tensors, numbers, strings and containers of them (loadable with weights_only)
-                    keep_prev: bool = False, # keep the file being replaced as `prev_path(path)`
-                   ) -> Path:
-    "Write `state` atomically with a sha256 sidecar; the previous file stays valid if anything fails"
-    path = Path(path)
-    tmp = path.with_name(f'.{path.name}.tmp{os.getpid()}')
-    side_tmp = path.with_name(f'.{path.name}.sha256.tmp{os.getpid()}')
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, 'wb') as f:
-            w = _HashingWriter(f); torch.save(state, w); f.flush(); os.fsync(f.fileno())
-        with open(side_tmp, 'w') as f: f.write(f'{w.h.hexdigest()}  {path.name}\n'); f.flush(); os.fsync(f.fileno())
-        if keep_prev and path.exists():
-            prev, old = prev_path(path), _read_sidecar(path)
-            if old: _write_durable(checksum_path(prev), f'{old}  {prev.name}\n'.encode())
-            else: checksum_path(prev).unlink(missing_ok=True)
-            os.replace(path, prev)
-        os.replace(tmp, path); os.replace(side_tmp, checksum_path(path))
-        with contextlib.suppress(OSError):            # make the renames themselves durable
-            fd = os.open(path.parent, os.O_RDONLY); os.fsync(fd); os.close(fd)
-    except OSError as e:
-        what = {errno.ENOSPC: 'no space left on the device', errno.EDQUOT: 'disk quota exceeded',
-                errno.EROFS: 'the file system is read-only', errno.EACCES: 'permission denied'}.get(e.errno, str(e))
-        intact = f"; the previous {path.name} is intact" if path.exists() else ''
-        raise CheckpointError(f"could not write checkpoint {path}: {what}{intact}. Free space or choose another "
-                              f"out_dir, then resume.") from e
-    finally:
-        for t in (tmp, side_tmp):
-            with contextlib.suppress(OSError): t.unlink(missing_ok=True)   # (a read-only folder refuses even this)
-    return path
-
-# %% ../nbs/10_train.ipynb #ddcd3037
-def _load_one(path: Path, map_location, trusted: bool) -> dict:
-    if not path.exists(): raise FileNotFoundError(f"checkpoint not found: {path}")
-    want = _read_sidecar(path)
-    if want is not None:
-        got = file_sha256(path)
-        if got != want:
-            raise CheckpointError(f"checkpoint {path} is corrupt or truncated: its sha256 {got[:12]}… does not match "
-                                  f"{want[:12] or '(empty)'}… in {checksum_path(path).name} ({path.stat().st_size} bytes)")
-    try: return torch.load(path, map_location=map_location, weights_only=not trusted)
-    except pickle.UnpicklingError as e:
-        msg = str(e)
-        detail = next((l.strip() for l in msg.split('WeightsUnpickler error:')[-1].splitlines() if l.strip()),
-                      type(e).__name__)[:200]
-        if 'GLOBAL' not in msg:                      # not a refused class/function: a broken or exotic pickle
-            raise CheckpointError(f"cannot read checkpoint {path}: truncated, or not a file of tensors and plain "
-                                  f"containers ({detail}); nothing in it was run") from None
-        blocked = refused_global(e)
-        what = f"the Python global {blocked}" if blocked else 'Python objects other than tensors and plain containers'
-        raise CheckpointError(f"refusing to load {path}: its pickle asks for {what}, and unpickling it could run code "
-                              f"(it was refused: nothing in it was run). Load it with torch.load(weights_only=False) "
-                              f"only if you trust its source.") from None
-    except Exception as e:  # any other parse failure: a text file fails as KeyError, IndexError, ... of its bytes
-        raise CheckpointError(f"cannot read checkpoint {path}: truncated or not a torch file "
-                              f"({(str(e).splitlines() or [type(e).__name__])[0][:160]})") from None
-
-def load_checkpoint(path: str | Path,  # a file written by `save_checkpoint` (or any torch state file)
-                    map_location='cpu',
-                    fallback: bool = False, # if `path` is bad, load its intact `.prev` file (with a warning)
-                    trusted: bool = False,  # allow arbitrary pickled objects (runs code!): only for your own old files
-                   ) -> dict:
-    "Read a checkpoint without executing code, after checking its checksum; offers the previous file if it is bad"
-    path = Path(path)
-    if path.suffix == '.safetensors':
-        if not path.exists(): raise FileNotFoundError(f"checkpoint not found: {path}")
-        return _load_safetensors(path, map_location)
-    try: return _load_one(path, map_location, trusted)
-    except (CheckpointError, FileNotFoundError) as e:
-        prev = prev_path(path)
-        if not prev.exists() or (isinstance(e, FileNotFoundError) and not fallback): raise
-        try: ck = _load_one(prev, map_location, trusted)
-        except CheckpointError as e2: raise CheckpointError(f"{e}\nThe previous checkpoint is bad too: {e2}") from None
-        it = f" (iteration {ck['iteration']})" if isinstance(ck, dict) and 'iteration' in ck else ''
-        if not fallback:
-            raise CheckpointError(f"{e}\nThe previous checkpoint {prev}{it} is intact: load it with "
-                                  f"load_checkpoint(..., fallback=True) or rename it to {path.name}.") from None
-        warnings.warn(f"{e}\nLoaded the previous checkpoint {prev}{it} instead.")
-        return ck
-
-# %% ../nbs/10_train.ipynb #5afe7e02
-def save_safetensors(path: str | Path, # destination, e.g. out_dir/'model.safetensors'
-                     state: dict,      # {'model': state dict, ...JSON-serialisable settings}
-                    ) -> Path:
-    "Write `state['model']` as safetensors with the other entries as JSON metadata"
-    from safetensors.torch import save_file
-    path = Path(path)
-    meta = {k: v for k, v in state.items() if k != 'model'}
-    tensors, aliases, seen = {}, {}, {}
-    for k, v in state['model'].items():   # weights shared between modules (the frozen MaskCLIP twin) are stored once
-        key = (v.data_ptr(), tuple(v.shape), tuple(v.stride()), v.dtype) if v.numel() else None
-        if key in seen: aliases[k] = seen[key]; continue
-        if key is not None: seen[key] = k
-        tensors[k] = v.detach().contiguous().cpu()
-    save_file(tensors, str(path), metadata={'semivl': json.dumps(meta), 'aliases': json.dumps(aliases)})
-    return path
-
-def _load_safetensors(path: Path, map_location) -> dict:
-    from safetensors import safe_open
-    try:
-        with safe_open(str(path), framework='pt', device=str(map_location)) as f:
-            meta, aliases = (json.loads((f.metadata() or {}).get(k, '{}')) for k in ('semivl', 'aliases'))
-            model = {k: f.get_tensor(k) for k in f.keys()}
-            return dict(meta, model={**model, **{k: model[v] for k, v in aliases.items()}})
-    except Exception as e:
-        raise CheckpointError(f"cannot read {path}: not a complete safetensors file ({str(e)[:160]})") from None
-
-# %% ../nbs/10_train.ipynb #34a019b4
-def dist_info() -> tuple[int, int]:
-    "`(rank, world_size)`; (0, 1) when not distributed"
-    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-def init_distributed(backend: str | None = None, # default: 'nccl' with CUDA, else 'gloo'
-                    ) -> tuple[int, int, torch.device]:
-    "Join the torchrun process group if launched by torchrun; returns `(rank, world, device)`"
-    if 'WORLD_SIZE' in os.environ and int(os.environ['WORLD_SIZE']) > 1 and not dist.is_initialized():
-        backend = backend or ('nccl' if torch.cuda.is_available() else 'gloo')
-        if backend == 'nccl': torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', 0)))
-        dist.init_process_group(backend)
-    rank, world = dist_info()
-    dev = torch.device('cuda', torch.cuda.current_device()) if torch.cuda.is_available() else torch.device('cpu')
-    return rank, world, dev
-
-def average_gradients(params):
-    "All-reduce-average the `.grad` of `params` over processes (missing grads count as zeros)"
-    _, world = dist_info()
-    if world == 1: return
-    for p in params:
-        if p.grad is None: p.grad = torch.zeros_like(p)
-        dist.all_reduce(p.grad); p.grad /= world
 
 # %% ../nbs/10_train.ipynb #4f917fe4
 class MetricLog:
@@ -538,193 +225,6 @@ def schedule_length(cfg: TrainCfg, iters_per_epoch: int) -> tuple[int, int]:
     else: raise ValueError("set cfg.epochs or cfg.iters")
     return epochs, epochs * iters_per_epoch
 
-# %% ../nbs/10_train.ipynb #538125ca
-class ConfigError(ValueError):
-    "Settings that cannot work together; the message lists every problem found"
-
-CONF_MODES = ('pixelwise', 'pixelratio', 'pixelavg')
-RUN_IDENTITY = ('method', 'seed', 'batch_size')  # settings a resume may not change (the schedule may be extended)
-MCC_REDUCE = ('mean_all', 'mean_valid', 'mean')
-
-def _train_cfg_problems(cfg: TrainCfg) -> list[str]:
-    from semivl.evaluate import EVAL_MODES
-    P, c = [], cfg
-    def need(ok, msg):
-        if not ok: P.append(msg)
-    need(c.method in METHODS, f"method {c.method!r} is not one of {METHODS}")
-    need(c.conf_mode in CONF_MODES, f"conf_mode {c.conf_mode!r} is not one of {CONF_MODES}")
-    need(c.mcc_loss_reduce in MCC_REDUCE, f"mcc_loss_reduce {c.mcc_loss_reduce!r} is not one of {MCC_REDUCE}")
-    need(c.eval_mode in EVAL_MODES, f"eval_mode {c.eval_mode!r} is not one of {EVAL_MODES}")
-    need(0 <= c.conf_thresh <= 1, f"conf_thresh {c.conf_thresh} must be in [0, 1]")
-    need(0 <= c.mcc_conf_thresh <= 1, f"mcc_conf_thresh {c.mcc_conf_thresh} must be in [0, 1]")
-    need(0 <= c.fp_rate < 1, f"fp_rate {c.fp_rate} must be in [0, 1)")
-    need(c.lr > 0 and math.isfinite(c.lr), f"lr {c.lr} must be a positive number")
-    need(c.weight_decay >= 0, f"weight_decay {c.weight_decay} must be >= 0")
-    need(all(0 <= b < 1 for b in c.betas), f"betas {c.betas} must be in [0, 1)")
-    need(c.batch_size >= 1, f"batch_size {c.batch_size} must be >= 1")
-    need(c.grad_accum >= 1, f"grad_accum {c.grad_accum} must be >= 1")
-    need(c.epochs is not None or c.iters is not None, "set epochs or iters")
-    need(c.epochs is None or c.epochs >= 1, f"epochs {c.epochs} must be >= 1")
-    need(c.iters is None or c.iters >= 1, f"iters {c.iters} must be >= 1")
-    need(c.warmup_iters >= 0, f"warmup_iters {c.warmup_iters} must be >= 0")
-    need(c.log_every >= 1, f"log_every {c.log_every} must be >= 1")
-    need(c.eval_every is None or c.eval_every >= 1, f"eval_every {c.eval_every} must be >= 1")
-    need(c.eval_crop >= 1, f"eval_crop {c.eval_crop} must be >= 1")
-    need(c.eval_stride is None or 1 <= c.eval_stride <= c.eval_crop,
-         f"eval_stride {c.eval_stride} must be in [1, eval_crop={c.eval_crop}] (a larger stride leaves pixels unpredicted)")
-    need(c.max_bad_steps >= 0, f"max_bad_steps {c.max_bad_steps} must be >= 0")
-    need(c.debug_every is None or c.debug_every >= 1, f"debug_every {c.debug_every} must be >= 1 (or None: off)")
-    need(c.debug_images >= 1, f"debug_images {c.debug_images} must be >= 1")
-    return P
-
-def _raise_problems(problems: list[str], what: str = 'configuration'):
-    if problems:
-        raise ConfigError(f"invalid {what} ({len(problems)} problem{'s' * (len(problems) > 1)}):\n" +
-                          '\n'.join(f'  - {p}' for p in problems))
-
-def check_train_cfg(cfg: TrainCfg):
-    "Raise `ConfigError` listing every out-of-range or unknown value of `cfg`"
-    _raise_problems(_train_cfg_problems(cfg))
-
-# %% ../nbs/10_train.ipynb #ac6954b4
-def _check_writable(out_dir: Path):
-    "Raise `CheckpointError` now if checkpoints could not be written to `out_dir`"
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out_dir, prefix='.write_test'): pass
-    except OSError as e:
-        raise CheckpointError(f"output folder {out_dir} is not writable ({e.strerror}); choose another out_dir") from None
-
-def _cfg_from(cfg, problems: list) -> TrainCfg:
-    "A `TrainCfg` from a TrainCfg or a dict, collecting every unknown key / wrong type"
-    if cfg is None: return TrainCfg()
-    if isinstance(cfg, TrainCfg): return cfg
-    out = TrainCfg()
-    for k, v in dict(cfg).items():
-        try: out = out.update(**{k: v})
-        except (KeyError, TypeError) as e: problems.append(str(e).strip('"'))
-    return out
-
-def _checkpoint_classes(ck: dict) -> int | None:
-    "Class count a checkpoint records (ours: `num_classes`; the train notebook's model.pt: `model_cfg`)"
-    if not isinstance(ck, dict): return None
-    if ck.get('num_classes') is not None: return int(ck['num_classes'])
-    mc = ck.get('model_cfg')
-    return int(mc['num_classes']) if isinstance(mc, dict) and 'num_classes' in mc else None
-
-def _max_rescaled_side(info, w: int, h: int, ratio_max: float) -> int:
-    from semivl.transforms import longside_rescale_size, mmseg_rescale_size
-    if info.rescale == 'mmseg': return max(mmseg_rescale_size(w, h, ratio_max, info.img_scale))
-    return int(max(w, h) * ratio_max)
-
-# %% ../nbs/10_train.ipynb #89bab4c6
-def validate(cfg: TrainCfg | dict | None = None, # training config, or a dict of its settings (keys/types checked)
-             model_cfg=None,                     # `ModelCfg` (or a dict) with num_classes and crop_size
-             data_root: str | Path | None = None, # dataset folder
-             split: str | None = None,           # labeled split: data_root/splits/<split>/{labeled,unlabeled}.txt
-             info=None,                          # `DatasetInfo` or preset name (default: `dataset_info(data_root)`)
-             text=None,                          # text embeddings (N, D), or the dict of `semivl.text.dataset_text`
-             checkpoint: str | Path | None = None, # a checkpoint to resume or start from
-             out_dir: str | Path | None = None,  # where checkpoints will be written
-             check_data: bool | int = False,     # read every listed file (True) or the first n (an int)
-             ratio_range: tuple = (0.5, 2.0),    # the datasets' random rescale range
-            ) -> TrainCfg:
-    "Check a run's settings together before any work; raises one `ConfigError` listing every problem"
-    from PIL import Image
-    from semivl.data import DataError, DatasetInfo, check_dataset, dataset_info, read_split
-    P = []
-    cfg = _cfg_from(cfg, P)
-    P += _train_cfg_problems(cfg)
-    counts = {}                                   # source -> class count
-    if model_cfg is not None:
-        mc = model_cfg if isinstance(model_cfg, dict) else vars(model_cfg)
-        if 'num_classes' in mc: counts['model_cfg.num_classes'] = mc['num_classes']
-        crop = mc.get('crop_size')
-        if crop is not None and crop < 1: P.append(f"model_cfg.crop_size {crop} must be >= 1")
-    else: crop = None
-    if text is not None:
-        t = text['text'] if isinstance(text, dict) else text
-        counts['text embeddings'] = int(t.shape[0])
-        if isinstance(text, dict) and text.get('concept_to_class') is not None:
-            c2c = torch.as_tensor(text['concept_to_class'])
-            if len(c2c) and int(c2c.max()) >= t.shape[0]:
-                P.append(f"concept_to_class maps to class {int(c2c.max())} but there are {t.shape[0]} text embeddings")
-    if checkpoint is not None:
-        try:
-            n = _checkpoint_classes(load_checkpoint(checkpoint))
-            if n is not None: counts[f'checkpoint {Path(checkpoint).name}'] = n
-        except (CheckpointError, FileNotFoundError) as e: P.append(str(e))
-    if data_root is not None or info is not None:
-        try:
-            info = info if isinstance(info, DatasetInfo) else dataset_info(info if info is not None else data_root)
-            counts[f'dataset {info.name}'] = info.nclass
-        except DataError as e: P.append(str(e)); info = None
-    if data_root is not None and info is not None:
-        root = Path(data_root).expanduser()
-        files = [root / 'splits' / 'val.txt']
-        if split is not None:
-            sdir = root / 'splits' / str(split)
-            files = [sdir / 'labeled.txt', sdir / 'unlabeled.txt'] + files
-            if not sdir.is_dir():
-                have = sorted(p.name for p in (root / 'splits').iterdir() if p.is_dir()) if (root / 'splits').is_dir() else []
-                P.append(f"split {split!r} not found in {root / 'splits'}; splits there: {have or 'none'}")
-                files = files[2:]
-        for f in files:
-            if not f.is_file(): P.append(f"split file missing: {f}"); continue
-        crop = crop or info.crop
-        lab = files[0] if files and files[0].name == 'labeled.txt' and files[0].is_file() else None
-        if lab is not None and crop:
-            try:
-                sides = []
-                for ip, _ in read_split(lab)[:8]:
-                    with Image.open(root / ip) as im: sides.append(_max_rescaled_side(info, *im.size, max(ratio_range)))
-                if sides and crop > max(sides):
-                    P.append(f"crop {crop} is larger than every sampled training image even at the largest rescale "
-                             f"(at most {max(sides)} px): each crop would be mostly padding; lower crop_size")
-            except (DataError, OSError) as e: P.append(f"cannot read the images of {lab}: {e}")
-        if check_data:
-            rep = check_dataset(root, info, split_files=[f for f in files if f.is_file()],
-                                max_files=None if check_data is True else int(check_data), progress=False)
-            P += [f"data: {p}" for p in rep.problems[:20]]
-            if len(rep.problems) > 20: P.append(f"data: ... {len(rep.problems) - 20} more bad files")
-    if len(set(counts.values())) > 1:
-        P.append("class counts disagree: " + ', '.join(f'{k} {v}' for k, v in counts.items()))
-    if out_dir is not None:
-        try: _check_writable(Path(out_dir))
-        except CheckpointError as e: P.append(str(e))
-    _raise_problems(P)
-    return cfg
-
-# %% ../nbs/10_train.ipynb #e52a1b22
-RUN_FILES = ('model.pt', 'last.pt', 'metrics.csv', 'metrics.json')  # what a finished or interrupted run leaves
-
-class RunExistsError(FileExistsError):
-    "The output folder already holds a run, and neither resume nor overwrite was asked for"
-
-def prepare_out_dir(out_dir: str | Path, # the run's output folder
-                    resume: bool = False, # continue the run in it
-                    overwrite: bool = False, # move an earlier run aside (to `<out_dir>.old-<time>`) and start afresh
-                   ) -> Path:
-    "A writable `out_dir` for a run that loses no earlier run; returns it"
-    out_dir = Path(out_dir).expanduser()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CheckpointError(f"out_dir {out_dir} is a file, not a folder; choose another out_dir")
-    previous = [f for f in RUN_FILES if (out_dir/f).exists()]
-    if previous and not resume:
-        if not overwrite:
-            raise RunExistsError(
-                f"out_dir {out_dir} already holds a run ({', '.join(previous)}). Choose one: resume=True to continue "
-                f"it, another out_dir, or overwrite=True to move it aside to {out_dir.name}.old-<time> and start afresh")
-        stamp = time.strftime('%Y%m%d-%H%M%S')
-        aside = out_dir.with_name(f'{out_dir.name}.old-{stamp}')
-        for i in itertools.count(1):
-            if not aside.exists(): break
-            aside = out_dir.with_name(f'{out_dir.name}.old-{stamp}-{i}')
-        out_dir.rename(aside)
-        print(f"overwrite=True: the earlier run in {out_dir} was moved to {aside}")
-    _check_writable(out_dir)
-    return out_dir
-
 # %% ../nbs/10_train.ipynb #4e079cc8
 class NonFiniteLossError(RuntimeError):
     "Training stopped after too many consecutive steps with NaN/inf loss or gradients"
@@ -789,6 +289,250 @@ def _count_skipped(batch) -> int:
     if isinstance(batch, dict) and 'n_skipped' in batch: return int(torch.as_tensor(batch['n_skipped']).sum())
     return 0
 
+def _any_rank(flags: list[float], device) -> list[float]:
+    "Element-wise max of `flags` over the processes (the flags themselves when not distributed)"
+    if dist_info()[1] == 1: return flags
+    t = torch.tensor(flags, device=device if dist.get_backend() == 'nccl' else 'cpu')
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.tolist()
+
+# %% ../nbs/10_train.ipynb #0f605c56
+class _LoopState:
+    "The state of one `train` call: set-up, resume, checkpoints, evaluation, stop flags"
+    def __init__(self, cfg: TrainCfg, model, loader_x, loader_u, val_loader, num_classes, out_dir, opts: dict):
+        check_train_cfg(cfg)
+        self.out_dir, (self.rank, self.world) = Path(out_dir), dist_info()
+        if self.rank == 0: _check_writable(self.out_dir); _remove_stale_temps(self.out_dir)
+        self.device = next(model.parameters()).device
+        main_loader = loader_x if cfg.method == 'supervised' else loader_u
+        if main_loader is None: raise ConfigError(f"method {cfg.method!r} needs loader_u (unlabeled batches)")
+        self.ipe = len(main_loader) // cfg.grad_accum
+        if self.ipe == 0: raise ValueError(f"loader has {len(main_loader)} batches < grad_accum {cfg.grad_accum}")
+        if val_loader is not None and num_classes is None: raise ConfigError("val_loader given without num_classes")
+        self.epochs, self.total = schedule_length(cfg, self.ipe)
+        self.cfg = cfg = cfg.update(total_iters=self.total)
+        self.model, self.loader_x, self.loader_u, self.val_loader = model, loader_x, loader_u, val_loader
+        self.num_classes, self.opts = num_classes, opts
+        self.opt, self.sched = build_optimizer(model, cfg)
+        self.params = [p for g in self.opt.param_groups for p in g['params']]
+        self.it, self.best, self.last_miou, self.resumed_rng = 0, -1.0, None, None
+        self.n_bad = self.n_bad_total = self.n_data_skipped = 0
+        self.ck_path, self.last_save = self.out_dir / 'last.pt', time.time()
+
+    def start(self, resume: bool | str):
+        "Clear a fresh run's leftovers, or restore the run to resume; then set up precision and logs"
+        ck_path, has_ck = self.ck_path, self.ck_path.exists() or prev_path(self.ck_path).exists()
+        if not resume and self.rank == 0:     # a fresh run: an older run's fallback must never be offered
+            for p in (prev_path(ck_path), checksum_path(prev_path(ck_path))): p.unlink(missing_ok=True)
+            for p in (self.out_dir / 'debug').glob('it*.npz'): p.unlink(missing_ok=True)   # nor its debug dumps
+        if resume is True and not has_ck:
+            raise FileNotFoundError(f"resume=True but {self.out_dir} holds no checkpoint (last.pt) to resume: check "
+                                    f"out_dir, or use resume='auto' to continue a run only if there is one")
+        if resume and has_ck: self.restore(_resume(ck_path, self.device, self.rank, self.world))
+        self.own_last = bool(resume)          # last.pt is this run's: keep it as last.prev.pt when replacing it
+        amp, why = native_bf16(self.device) if self.cfg.amp_bf16 else (False, '')
+        if self.cfg.amp_bf16 and not amp: warnings.warn(f"amp_bf16: {why}; training in float32")
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+        self.log = MetricLog(self.out_dir, enabled=self.rank == 0)
+        self.it0, self.bad0 = self.it, self.n_bad_total   # this call's steps, for the everything-skipped check
+
+    def restore(self, ck: dict):
+        "Load a checkpoint of this same run (class count and run identity must match; other changes warn)"
+        cfg, run_info = self.cfg, self.opts['run_info']
+        if self.num_classes is not None and ck.get('num_classes') not in (None, self.num_classes):
+            raise ConfigError(f"{self.ck_path} was trained with {ck['num_classes']} classes, this run has {self.num_classes}")
+        changed = {k: (v, getattr(cfg, k)) for k, v in ck.get('config', {}).items()
+                   if k != 'total_iters' and hasattr(cfg, k) and v != getattr(cfg, k)
+                   and not (isinstance(v, (list, tuple)) and tuple(v) == tuple(getattr(cfg, k)))}
+        other = {k: v for k, v in changed.items() if k in RUN_IDENTITY}
+        if run_info is not None and ck.get('run') is not None:
+            other.update({k: (ck['run'].get(k), v) for k, v in run_info.items() if ck['run'].get(k) != v})
+        if other:
+            raise ConfigError(f"{self.ck_path} belongs to another run (saved → now): {other}. Resume it with its own "
+                              f"settings, or start this one in another out_dir (or with overwrite=True in the train notebook)")
+        changed = {k: v for k, v in changed.items() if k not in RUN_IDENTITY}
+        if changed: warnings.warn(f"resuming {self.ck_path} with a changed config (saved → now): {changed}")
+        self.model.load_state_dict(ck['model']); self.opt.load_state_dict(ck['optimizer'])
+        self.sched.load_state_dict(ck['scheduler'])
+        self.it, self.best, self.last_miou = ck['iteration'], ck['best_miou'], ck.get('last_miou')
+        self.n_bad_total, self.n_data_skipped = ck.get('skipped_steps', 0), ck.get('data_skipped', 0)
+        self.resumed_rng = ck['rng'][self.rank] if len(ck['rng']) == self.world else ck['rng'][0]
+
+    def checkpoint(self, name: str = 'last.pt', **extra):
+        "Save the run's full state (collective: every rank takes part; rank 0 writes)"
+        rngs = [None] * self.world
+        if self.world > 1: dist.all_gather_object(rngs, rng_states())
+        else: rngs = [rng_states()]
+        names = self.opts['class_names']
+        s = dict(model=self.model.state_dict(), optimizer=self.opt.state_dict(), scheduler=self.sched.state_dict(),
+                 iteration=self.it, best_miou=self.best, last_miou=self.last_miou, rng=rngs, config=self.cfg.to_dict(),
+                 num_classes=self.num_classes, class_names=list(names) if names is not None else None,
+                 skipped_steps=self.n_bad_total, data_skipped=self.n_data_skipped, run=self.opts['run_info'], **extra)
+        if self.rank == 0: save_checkpoint(self.out_dir / name, s, keep_prev=name == 'last.pt' and self.own_last)
+        if name == 'last.pt': self.own_last, self.last_save = True, time.time()
+
+    def evaluate(self) -> dict:
+        "Validation mIoU now (an out-of-memory error says what to change)"
+        from semivl.evaluate import evaluate
+        cfg = self.cfg
+        try: return evaluate(self.model, self.val_loader, self.num_classes, cfg.eval_mode, cfg.eval_crop, cfg.eval_stride,
+                             device=self.device, class_names=self.opts['class_names'])
+        except torch.OutOfMemoryError as e:
+            if torch.cuda.is_available(): torch.cuda.empty_cache()
+            raise torch.OutOfMemoryError(f"out of GPU memory evaluating at iteration {self.it} (eval_mode {cfg.eval_mode}, "
+                                         f"eval_crop {cfg.eval_crop}): use a smaller validation batch. {OOM_HINT} "
+                                         f"The last checkpoint is {self.ck_path}.\n{e}") from None
+
+    def stop_flags(self, sig) -> tuple[bool, bool]:
+        "(stop: a signal arrived on any process, save: the checkpoint interval in minutes has passed), agreed by all"
+        m = self.opts['ckpt_minutes']
+        due = m is not None and time.time() - self.last_save >= 60 * m
+        caught, due = _any_rank([float(sig.caught or 0), float(due)], self.device)
+        if caught and sig.caught is None: sig.caught = int(caught)
+        return bool(caught), bool(due)
+
+# %% ../nbs/10_train.ipynb #1c023cae
+class _Loop(_LoopState):
+    "The named steps of the loop: forward/backward, update, logs, save or stop, epochs"
+    def forward_backward(self, bx_iter, bu_iter, want_dump: bool) -> tuple[dict, dict | None]:
+        "Losses of one optimiser step (averaged over its micro-batches), gradients accumulated; and its debug dump"
+        from semivl.transforms import normalize_batch
+        cfg, step, dump = self.cfg, {}, None
+        self.opt.zero_grad(set_to_none=True)
+        try:
+            for micro in range(cfg.grad_accum):
+                bx, bu = next(bx_iter), (next(bu_iter) if bu_iter is not None else None)
+                self.n_data_skipped += _count_skipped(bx) + _count_skipped(bu)
+                bx, bu = [normalize_batch(b, self.device) if isinstance(b, dict) else b for b in (bx, bu)]
+                with self.autocast():
+                    out = train_step(self.model, bx, bu, None, self.it, cfg, return_outputs=want_dump and micro == 0)
+                if want_dump and micro == 0:      # the first micro-batch's outputs, then only the scalars
+                    dump = debug_arrays(out, bx, bu, self.it + 1, cfg, self.opts['class_names'])
+                    out = {k: v for k, v in out.items() if not torch.is_tensor(v) or v.ndim == 0}
+                (out['loss'] / cfg.grad_accum).backward()
+                for k, v in out.items(): step[k] = step.get(k, 0.0) + _to_float(v) / cfg.grad_accum
+                del out
+        except torch.OutOfMemoryError as e:
+            self.opt.zero_grad(set_to_none=True)
+            if torch.cuda.is_available(): torch.cuda.empty_cache()
+            raise torch.OutOfMemoryError(
+                f"out of GPU memory at iteration {self.it} (batch_size {cfg.batch_size}, grad_accum {cfg.grad_accum}, "
+                f"amp_bf16 {cfg.amp_bf16}). {OOM_HINT} The last checkpoint is {self.ck_path}.\n{e}") from None
+        return step, dump
+
+    def update(self, step: dict) -> tuple[Tensor, bool]:
+        "Average the gradients over processes and take the optimiser step, or skip it if anything is non-finite"
+        average_gradients(self.params)
+        gnorm = _grad_norm(self.params)
+        bad = not (math.isfinite(step['loss']) and torch.isfinite(gnorm).item())
+        bad = bool(_any_rank([float(bad)], gnorm.device)[0])
+        if bad:
+            self.n_bad += 1; self.n_bad_total += 1
+            losses = ', '.join(f'{k}={v:.4g}' for k, v in step.items() if k.startswith('loss'))
+            if self.n_bad > self.cfg.max_bad_steps:
+                self.close()
+                raise NonFiniteLossError(
+                    f"training stopped: {self.n_bad} consecutive steps with non-finite loss or gradients, the last at "
+                    f"iteration {self.it} ({losses}). These steps did not change the weights; {self.ck_path} holds the last "
+                    f"saved state. Likely causes: learning rate too high (lr={self.cfg.lr}), bf16 overflow "
+                    f"(amp_bf16={self.cfg.amp_bf16}), batches with no valid pixels (safe_losses={self.cfg.safe_losses}), "
+                    f"or corrupt input images.")
+            warnings.warn(f"iteration {self.it}: non-finite loss or gradients ({losses}, grad norm {gnorm.item():.4g}); "
+                          f"update skipped ({self.n_bad} in a row, limit {self.cfg.max_bad_steps})")
+            self.opt.zero_grad(set_to_none=True)
+            self.sched.step()                      # the iteration counts: schedule and data order stay aligned
+        else:
+            self.n_bad = 0
+            self.opt.step(); self.sched.step(); self.n_sum += 1
+            for k, v in step.items(): self.sums[k] = self.sums.get(k, 0.0) + v
+        self.it += 1
+        self.bar.update(1)
+        return gnorm, bad
+
+    def write_logs(self, epoch: int, end_of_epoch: bool, dump: dict | None, gnorm: Tensor, bad: bool):
+        "The step's debug dump, and every `log_every` iterations the averaged losses, lr and speed"
+        if dump is not None:
+            dump.update(grad_norm=np.asarray(gnorm.item(), np.float64), skipped=np.asarray(bad))
+            try: save_debug_dump(debug_dump_path(self.out_dir, self.it), dump)
+            except OSError as e: warnings.warn(f"could not write the debug dump of iteration {self.it}: {e}")
+        if self.it % self.cfg.log_every == 0 or end_of_epoch:
+            avg = {f'train/{k}': v / self.n_sum for k, v in self.sums.items()} if self.n_sum else {}
+            dt = (time.time() - self.t0) / max(self.n_sum, 1)
+            extra = dict(**({'train/skipped_steps': self.n_bad_total} if self.n_bad_total else {}),
+                         **({'data/skipped': self.n_data_skipped} if self.n_data_skipped else {}))
+            self.log.log(self.it, epoch=epoch, lr=self.opt.param_groups[-1]['lr'], s_per_iter=dt, **avg, **extra)
+            if avg: self.postfix['loss'] = f"{avg['train/loss']:.3f}"; self.bar.set_postfix(self.postfix)
+            self.sums, self.n_sum, self.t0 = {}, 0, time.time()
+
+    def save_or_stop(self, sig, end_of_epoch: bool):
+        "Evaluate and checkpoint when due; on a signal (from any process) save a resumable state and stop"
+        cfg, it, stop_after = self.cfg, self.it, self.opts['stop_after']
+        stopping, timed = self.stop_flags(sig)
+        if self.val_loader is not None and not stopping and ((cfg.eval_every and it % cfg.eval_every == 0) or
+                                                              (not cfg.eval_every and end_of_epoch) or it == self.total):
+            r = self.evaluate(); self.last_miou = r['miou']
+            names = self.opts['class_names'] or range(self.num_classes)
+            self.log.log(it, **{'eval/mIoU': r['miou'], **{f'eval/IoU_{c}': v for c, v in zip(names, r['iou'])}})
+            if self.last_miou > self.best:
+                self.best = self.last_miou; self.checkpoint('best.pt', eval=r)
+            self.checkpoint('last.pt')
+            self.postfix['mIoU'] = f'{self.last_miou:.1f}'; self.bar.set_postfix(self.postfix)
+        elif (stopping or timed or (self.opts['ckpt_every'] and it % self.opts['ckpt_every'] == 0) or end_of_epoch
+              or it == self.total or (stop_after is not None and it >= stop_after)):
+            self.checkpoint('last.pt')
+        if stopping:
+            self.close()
+            msg = (f"{signal.Signals(sig.caught).name}: stopped at iteration {it}/{self.total}; resumable checkpoint saved "
+                   f"to {self.ck_path}. Run again with resume=True to continue.")
+            print(msg, file=sys.stderr, flush=True)
+            if sig.caught == signal.SIGINT: raise TrainingInterrupted(msg)
+            raise SystemExit(128 + sig.caught)
+
+    def epoch_batches(self, epoch: int):
+        "The epoch's labeled and unlabeled batch iterators, at the current iteration (a resumed epoch is replayed)"
+        bx_iter = _batches(self.loader_x, self.cfg.seed, epoch)
+        bu_iter = _batches(self.loader_u, self.cfg.seed + 1, epoch) if self.loader_u is not None else None
+        for _ in range((self.it - epoch * self.ipe) * self.cfg.grad_accum):
+            next(bx_iter); bu_iter is not None and next(bu_iter)
+        if self.resumed_rng is not None: set_rng_states(self.resumed_rng); self.resumed_rng = None
+        return bx_iter, bu_iter
+
+    def run(self, sig, progress: bool):
+        "Train epoch by epoch until the schedule ends or `stop_after`"
+        from tqdm.auto import tqdm
+        stop_after, cfg = self.opts['stop_after'], self.cfg
+        self.bar = tqdm(total=self.total, initial=self.it, disable=not progress or self.rank != 0, desc=cfg.method)
+        self.sums, self.n_sum, self.t0, self.postfix = {}, 0, time.time(), {}
+        reached = lambda: stop_after is not None and self.it >= stop_after
+        first = self.it // self.ipe
+        for epoch in range(first, first if reached() else self.epochs):   # resuming a run that already reached its stop
+            bx_iter, bu_iter = self.epoch_batches(epoch)
+            while self.it < (epoch + 1) * self.ipe:
+                want_dump = self.rank == 0 and cfg.debug_every is not None and (self.it + 1) % cfg.debug_every == 0
+                step, dump = self.forward_backward(bx_iter, bu_iter, want_dump)
+                gnorm, bad = self.update(step)
+                end_of_epoch = self.it == (epoch + 1) * self.ipe
+                self.write_logs(epoch, end_of_epoch, dump, gnorm, bad)
+                self.save_or_stop(sig, end_of_epoch)
+                if reached(): break
+            if reached(): break
+
+    def close(self):
+        self.bar.close(); self.log.close()
+
+    def result(self) -> dict:
+        "What `train` returns; raises if every step of this call was skipped (nothing was learned)"
+        it, n_run = self.it, self.it - self.it0
+        if n_run > 0 and self.n_bad_total - self.bad0 == n_run:
+            raise NonFiniteLossError(f"all {n_run} training steps had a non-finite loss or gradients and were skipped, so "
+                                     f"no weight changed (are all labeled masks 'ignore'?); {self.out_dir} holds no trained model")
+        if self.n_data_skipped: warnings.warn(f"{self.n_data_skipped} bad data sample(s) were skipped during training (see "
+                                              f"the warnings above for their paths)")
+        return dict(iteration=it, best_miou=self.best if self.best >= 0 else None, last_miou=self.last_miou,
+                    out_dir=self.out_dir, total_iters=self.total, skipped_steps=self.n_bad_total,
+                    data_skipped=self.n_data_skipped)
+
+# %% ../nbs/10_train.ipynb #11873881
 def train(cfg: TrainCfg,
           model: nn.Module,          # segmentor, already on `device`
           loader_x,                  # labeled batches
@@ -806,194 +550,10 @@ def train(cfg: TrainCfg,
           run_info: dict | None = None, # what makes this run this run (dataset, data root, split and its files' hash): a resume must match
          ) -> dict:
     "Train `model` with `cfg`; returns `{'iteration', 'best_miou', 'last_miou', 'out_dir', 'skipped_steps', ...}`"
-    from tqdm.auto import tqdm
-    from semivl.evaluate import evaluate
-    from semivl.transforms import normalize_batch
-    check_train_cfg(cfg)
-    out_dir = Path(out_dir)
-    rank, world = dist_info()
-    if rank == 0: _check_writable(out_dir); _remove_stale_temps(out_dir)
-    device = next(model.parameters()).device
-    main_loader = loader_x if cfg.method == 'supervised' else loader_u
-    if main_loader is None: raise ConfigError(f"method {cfg.method!r} needs loader_u (unlabeled batches)")
-    ipe = len(main_loader) // cfg.grad_accum
-    if ipe == 0: raise ValueError(f"loader has {len(main_loader)} batches < grad_accum {cfg.grad_accum}")
-    if val_loader is not None and num_classes is None: raise ConfigError("val_loader given without num_classes")
-    epochs, total = schedule_length(cfg, ipe)
-    cfg = cfg.update(total_iters=total)
-    opt, sched = build_optimizer(model, cfg)
-    params = [p for g in opt.param_groups for p in g['params']]
-    it, best, last_miou, resumed_rng, n_bad_total, n_data_skipped = 0, -1.0, None, None, 0, 0
-    ck_path = out_dir / 'last.pt'
-    if not resume and rank == 0:                     # a fresh run: an older run's fallback must never be offered
-        for p in (prev_path(ck_path), checksum_path(prev_path(ck_path))): p.unlink(missing_ok=True)
-        for p in (out_dir / 'debug').glob('it*.npz'): p.unlink(missing_ok=True)   # nor its debug dumps
-    if resume is True and not (ck_path.exists() or prev_path(ck_path).exists()):
-        raise FileNotFoundError(f"resume=True but {out_dir} holds no checkpoint (last.pt) to resume: check out_dir, or "
-                                f"use resume='auto' to continue a run only if there is one")
-    if resume and (ck_path.exists() or prev_path(ck_path).exists()):
-        ck = _resume(ck_path, device, rank, world)
-        if num_classes is not None and ck.get('num_classes') not in (None, num_classes):
-            raise ConfigError(f"{ck_path} was trained with {ck['num_classes']} classes, this run has {num_classes}")
-        changed = {k: (v, getattr(cfg, k)) for k, v in ck.get('config', {}).items()
-                   if k != 'total_iters' and hasattr(cfg, k) and v != getattr(cfg, k)
-                   and not (isinstance(v, (list, tuple)) and tuple(v) == tuple(getattr(cfg, k)))}
-        other = {k: v for k, v in changed.items() if k in RUN_IDENTITY}
-        if run_info is not None and ck.get('run') is not None:
-            other.update({k: (ck['run'].get(k), v) for k, v in run_info.items() if ck['run'].get(k) != v})
-        if other:
-            raise ConfigError(f"{ck_path} belongs to another run (saved → now): {other}. Resume it with its own settings, "
-                              f"or start this one in another out_dir (or with overwrite=True in the train notebook)")
-        changed = {k: v for k, v in changed.items() if k not in RUN_IDENTITY}
-        if changed: warnings.warn(f"resuming {ck_path} with a changed config (saved → now): {changed}")
-        model.load_state_dict(ck['model']); opt.load_state_dict(ck['optimizer']); sched.load_state_dict(ck['scheduler'])
-        it, best, last_miou = ck['iteration'], ck['best_miou'], ck.get('last_miou')
-        n_bad_total, n_data_skipped = ck.get('skipped_steps', 0), ck.get('data_skipped', 0)
-        resumed_rng = ck['rng'][rank] if len(ck['rng']) == world else ck['rng'][0]
-    amp, why = native_bf16(device) if cfg.amp_bf16 else (False, '')
-    if cfg.amp_bf16 and not amp: warnings.warn(f"amp_bf16: {why}; training in float32")
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
-    log = MetricLog(out_dir, enabled=rank == 0)
-
-    def state(**extra):
-        rngs = [None] * world
-        if world > 1: dist.all_gather_object(rngs, rng_states())
-        else: rngs = [rng_states()]
-        return dict(model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(), iteration=it,
-                    best_miou=best, last_miou=last_miou, rng=rngs, config=cfg.to_dict(), num_classes=num_classes,
-                    class_names=list(class_names) if class_names is not None else None,
-                    skipped_steps=n_bad_total, data_skipped=n_data_skipped, run=run_info, **extra)
-
-    own_last = [resume]                          # last.pt is this run's: keep it as last.prev.pt when replacing it
-    def checkpoint(name='last.pt', **extra):
-        s = state(**extra)                       # collective: every rank takes part
-        if rank == 0: save_checkpoint(out_dir / name, s, keep_prev=name == 'last.pt' and own_last[0])
-        if name == 'last.pt': own_last[0] = True; last_save[0] = time.time()
-
-    def run_eval():
-        try: return evaluate(model, val_loader, num_classes, cfg.eval_mode, cfg.eval_crop, cfg.eval_stride,
-                             device=device, class_names=class_names)
-        except torch.OutOfMemoryError as e:
-            if torch.cuda.is_available(): torch.cuda.empty_cache()
-            raise torch.OutOfMemoryError(f"out of GPU memory evaluating at iteration {it} (eval_mode {cfg.eval_mode}, "
-                                         f"eval_crop {cfg.eval_crop}): use a smaller validation batch. {OOM_HINT} "
-                                         f"The last checkpoint is {ck_path}.\n{e}") from None
-
-    last_save = [time.time()]
-    def sync_flags(sig) -> tuple[bool, bool]:
-        "(stop: a signal arrived on any process, save: the checkpoint interval in minutes has passed), agreed by all"
-        due = ckpt_minutes is not None and time.time() - last_save[0] >= 60 * ckpt_minutes
-        if world == 1: return sig.caught is not None, due
-        flag = torch.tensor([float(sig.caught or 0), float(due)], device=device if dist.get_backend() == 'nccl' else 'cpu')
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag[0].item() and sig.caught is None: sig.caught = int(flag[0].item())
-        return bool(flag[0].item()), bool(flag[1].item())
-
-    bar = tqdm(total=total, initial=it, disable=not progress or rank != 0, desc=cfg.method)
-    sums, n_sum, t0, postfix, n_bad = {}, 0, time.time(), {}, 0
-    it0, bad0 = it, n_bad_total                  # this call's steps, for the everything-skipped check
-    with _StopSignals(handle_signals) as sig:
-        done = stop_after is not None and it >= stop_after   # resuming a run that already reached its stop
-        for epoch in range(it // ipe, it // ipe if done else epochs):
-            bx_iter = _batches(loader_x, cfg.seed, epoch)
-            bu_iter = _batches(loader_u, cfg.seed + 1, epoch) if loader_u is not None else None
-            skip = (it - epoch * ipe) * cfg.grad_accum
-            for _ in range(skip):                    # replay the interrupted epoch's batches
-                next(bx_iter); bu_iter is not None and next(bu_iter)
-            if resumed_rng is not None: set_rng_states(resumed_rng); resumed_rng = None
-            while it < (epoch + 1) * ipe:
-                opt.zero_grad(set_to_none=True)
-                step, dump = {}, None
-                want_dump = rank == 0 and cfg.debug_every is not None and (it + 1) % cfg.debug_every == 0
-                try:
-                    for micro in range(cfg.grad_accum):
-                        bx, bu = next(bx_iter), (next(bu_iter) if bu_iter is not None else None)
-                        n_data_skipped += _count_skipped(bx) + _count_skipped(bu)
-                        bx, bu = [normalize_batch(b, device) if isinstance(b, dict) else b for b in (bx, bu)]
-                        with autocast():
-                            out = train_step(model, bx, bu, None, it, cfg, return_outputs=want_dump and micro == 0)
-                        if want_dump and micro == 0:      # the first micro-batch's outputs, then only the scalars
-                            dump = debug_arrays(out, bx, bu, it + 1, cfg, class_names)
-                            out = {k: v for k, v in out.items() if not torch.is_tensor(v) or v.ndim == 0}
-                        (out['loss'] / cfg.grad_accum).backward()
-                        for k, v in out.items(): step[k] = step.get(k, 0.0) + _to_float(v) / cfg.grad_accum
-                        del out
-                except torch.OutOfMemoryError as e:
-                    opt.zero_grad(set_to_none=True)
-                    if torch.cuda.is_available(): torch.cuda.empty_cache()
-                    raise torch.OutOfMemoryError(
-                        f"out of GPU memory at iteration {it} (batch_size {cfg.batch_size}, grad_accum {cfg.grad_accum}, "
-                        f"amp_bf16 {cfg.amp_bf16}). {OOM_HINT} The last checkpoint is {ck_path}.\n{e}") from None
-                average_gradients(params)
-                gnorm = _grad_norm(params)
-                bad = not (math.isfinite(step['loss']) and torch.isfinite(gnorm).item())
-                if world > 1:
-                    f = torch.tensor([float(bad)], device=gnorm.device); dist.all_reduce(f, op=dist.ReduceOp.MAX)
-                    bad = bool(f.item())
-                if bad:
-                    n_bad += 1; n_bad_total += 1
-                    losses = ', '.join(f'{k}={v:.4g}' for k, v in step.items() if k.startswith('loss'))
-                    msg = (f"iteration {it}: non-finite loss or gradients ({losses}, grad norm {gnorm.item():.4g}); "
-                           f"update skipped ({n_bad} in a row, limit {cfg.max_bad_steps})")
-                    if n_bad > cfg.max_bad_steps:
-                        bar.close(); log.close()
-                        raise NonFiniteLossError(
-                            f"training stopped: {n_bad} consecutive steps with non-finite loss or gradients, the last "
-                            f"at iteration {it} ({losses}). These steps did not change the weights; {ck_path} holds "
-                            f"the last saved state. Likely causes: learning rate too high (lr={cfg.lr}), bf16 overflow "
-                            f"(amp_bf16={cfg.amp_bf16}), batches with no valid pixels (safe_losses={cfg.safe_losses}), "
-                            f"or corrupt input images.")
-                    warnings.warn(msg)
-                    opt.zero_grad(set_to_none=True)
-                    sched.step()                      # the iteration counts: schedule and data order stay aligned
-                else:
-                    n_bad = 0
-                    opt.step(); sched.step(); n_sum += 1
-                    for k, v in step.items(): sums[k] = sums.get(k, 0.0) + v
-                it += 1
-                bar.update(1)
-                if dump is not None:
-                    dump.update(grad_norm=np.asarray(gnorm.item(), np.float64), skipped=np.asarray(bad))
-                    try: save_debug_dump(debug_dump_path(out_dir, it), dump)
-                    except OSError as e: warnings.warn(f"could not write the debug dump of iteration {it}: {e}")
-                    dump = None
-                end_of_epoch = it == (epoch + 1) * ipe
-                if it % cfg.log_every == 0 or end_of_epoch:
-                    avg = {f'train/{k}': v / n_sum for k, v in sums.items()} if n_sum else {}
-                    dt = (time.time() - t0) / max(n_sum, 1)
-                    extra = dict(**({'train/skipped_steps': n_bad_total} if n_bad_total else {}),
-                                 **({'data/skipped': n_data_skipped} if n_data_skipped else {}))
-                    log.log(it, epoch=epoch, lr=opt.param_groups[-1]['lr'], s_per_iter=dt, **avg, **extra)
-                    if avg: postfix['loss'] = f"{avg['train/loss']:.3f}"; bar.set_postfix(postfix)
-                    sums, n_sum, t0 = {}, 0, time.time()
-                stopping, timed = sync_flags(sig)
-                if val_loader is not None and not stopping and ((cfg.eval_every and it % cfg.eval_every == 0) or
-                                                               (not cfg.eval_every and end_of_epoch) or it == total):
-                    r = run_eval(); last_miou = r['miou']
-                    log.log(it, **{'eval/mIoU': r['miou'], **{f'eval/IoU_{c}': v for c, v in
-                                                              zip(class_names or range(num_classes), r['iou'])}})
-                    if last_miou > best:
-                        best = last_miou; checkpoint('best.pt', eval=r)
-                    checkpoint('last.pt')
-                    postfix['mIoU'] = f'{last_miou:.1f}'; bar.set_postfix(postfix)
-                elif (stopping or timed or (ckpt_every and it % ckpt_every == 0) or end_of_epoch or it == total
-                      or (stop_after is not None and it >= stop_after)):
-                    checkpoint('last.pt')
-                if stopping:
-                    bar.close(); log.close()
-                    name = signal.Signals(sig.caught).name
-                    msg = (f"{name}: stopped at iteration {it}/{total}; resumable checkpoint saved to {ck_path}. "
-                           f"Run again with resume=True to continue.")
-                    print(msg, file=sys.stderr, flush=True)
-                    if sig.caught == signal.SIGINT: raise TrainingInterrupted(msg)
-                    raise SystemExit(128 + sig.caught)
-                if stop_after is not None and it >= stop_after: break
-            if stop_after is not None and it >= stop_after: break
-    bar.close(); log.close()
-    if it > it0 and n_bad_total - bad0 == it - it0:   # nothing was learned: no model must look like a result
-        raise NonFiniteLossError(f"all {it - it0} training steps had a non-finite loss or gradients and were skipped, so "
-                                 f"no weight changed (are all labeled masks 'ignore'?); {out_dir} holds no trained model")
-    if n_data_skipped: warnings.warn(f"{n_data_skipped} bad data sample(s) were skipped during training (see the "
-                                     f"warnings above for their paths)")
-    return dict(iteration=it, best_miou=best if best >= 0 else None, last_miou=last_miou, out_dir=out_dir,
-                total_iters=total, skipped_steps=n_bad_total, data_skipped=n_data_skipped)
+    loop = _Loop(cfg, model, loader_x, loader_u, val_loader, num_classes, out_dir,
+                 dict(ckpt_every=ckpt_every, stop_after=stop_after, class_names=class_names, ckpt_minutes=ckpt_minutes,
+                      run_info=run_info))
+    loop.start(resume)
+    with _StopSignals(handle_signals) as sig: loop.run(sig, progress)
+    loop.close()
+    return loop.result()

@@ -740,7 +740,7 @@ def toy_segmentor(checkpoint: str | Path | None = None, # training checkpoint (d
     texts, c2c = clip_texts(clip, tok, info)
     with _seeded(0): seg = SemiVLSegmentor(ModelCfg.preset('toy'), clip, texts['single'], texts.get('prompts'))
     if checkpoint is not None:
-        from semivl.train import load_checkpoint
+        from semivl.checkpoint import load_checkpoint
         ck = load_checkpoint(checkpoint)
         try: seg.load_state_dict(ck.get('model', ck))     # (weights from before `guidance_bias` load with zeros)
         except RuntimeError as e: raise KeyError(f"{checkpoint} does not fit the toy model: {e}") from None

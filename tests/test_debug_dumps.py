@@ -11,7 +11,9 @@ import torch
 from PIL import Image
 
 from semivl.core import IGNORE_INDEX, seed_everything
-from semivl.train import TrainCfg, load_checkpoint, train
+from semivl.train import train
+from semivl.checkpoint import load_checkpoint
+from semivl.train_config import TrainCfg
 from semivl.viewer import DUMP_VIEWS, DebugDumps, DebugDumpViewer, plot_debug_dump
 
 ITERS = 4

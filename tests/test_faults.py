@@ -20,8 +20,10 @@ import torch
 import torch.nn as nn
 
 from semivl.core import IGNORE_INDEX
-from semivl.train import (CheckpointError, ConfigError, NonFiniteLossError, TrainCfg, checksum_path, file_sha256,
-                          load_checkpoint, prev_path, save_checkpoint, train, validate)
+from semivl.train import NonFiniteLossError, train
+from semivl.checkpoint import CheckpointError, checksum_path, file_sha256, load_checkpoint, prev_path, save_checkpoint
+from semivl.preflight import validate
+from semivl.train_config import ConfigError, TrainCfg
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, OMP_NUM_THREADS='1',
@@ -378,7 +380,7 @@ def test_crash_between_the_renames_of_a_save_resumes(tmp_path):
 
 SAVER = textwrap.dedent('''
     import sys, torch
-    from semivl.train import save_checkpoint
+    from semivl.checkpoint import save_checkpoint
     out, n = sys.argv[1], 0
     while True:
         n += 1

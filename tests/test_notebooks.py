@@ -177,7 +177,8 @@ def test_train_notebook_refuses_a_mistyped_toy_data_root(tmp_path):
 def test_train_notebook_runs_the_whole_schedule_over_several_epochs(tmp_path, schedule):
     "More than one epoch of a small world: the notebook trains exactly `schedule_length` iterations (iters or epochs)"
     from semivl.toyworld import ensure_toyworld
-    from semivl.train import TrainCfg, schedule_length
+    from semivl.train import schedule_length
+    from semivl.train_config import TrainCfg
     world = ensure_toyworld(tmp_path/'world', n_train=30, n_val=4, split_sizes=(20,), progress=False)  # 10 unlabeled
     pm.execute_notebook(str(NBS/'train.ipynb'), str(tmp_path/'o.ipynb'), kernel_name='python3', progress_bar=False,
                         parameters=dict(data_root=str(world), split=20, method='unimatch', batch_size=2, snapshots=1,
@@ -208,7 +209,7 @@ def test_resume_refuses_another_run(tmp_path, change):
 def test_evaluate_notebook_checks_that_the_model_fits_the_data(trained, tmp_path):
     "A checkpoint trained on other classes, or on another class count, stops before evaluating (one message each)"
     import torch
-    from semivl.train import load_checkpoint, save_checkpoint
+    from semivl.checkpoint import load_checkpoint, save_checkpoint
     _, out = trained['supervised']
     ck = load_checkpoint(out/'model.pt')
     assert ck['class_names'][1] == 'striped red'

@@ -9,7 +9,8 @@ import torch
 from semivl.clip import load_clip
 from semivl.segmentor import (ModelCfg, SemiVLSegmentor, labels_from_logits, load_official_checkpoint,
                               official_state_dict)
-from semivl.train import TrainCfg, build_optimizer
+from semivl.optim import build_optimizer
+from semivl.train_config import TrainCfg
 from semivl.text import flatten_concepts, load_class_info
 from conftest import GOLDEN
 

@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from semivl.train import load_checkpoint
+from semivl.checkpoint import load_checkpoint
 
 SCRIPT = textwrap.dedent('''
     import os, sys, time, torch, torch.nn as nn
     from semivl.core import IGNORE_INDEX
-    from semivl.train import TrainCfg, train, init_distributed, UNLABELED_KEYS
+    from semivl.train import train, UNLABELED_KEYS
+    from semivl.distributed import init_distributed
+    from semivl.train_config import TrainCfg
 
     out_dir, mode = sys.argv[1], sys.argv[2]          # mode: plain | slow | accum | dist
     torch.set_num_threads(1)
@@ -155,7 +157,9 @@ def test_toy_world_semivl_smoke(tmp_path):
     from semivl.segmentor import ModelCfg, SemiVLSegmentor
     from semivl.toyclip import create_toy_clip
     from semivl.toyworld import ensure_toyworld
-    from semivl.train import TrainCfg, load_checkpoint, train
+    from semivl.train import train
+    from semivl.checkpoint import load_checkpoint
+    from semivl.train_config import TrainCfg
     torch.manual_seed(0)
     ds = semi_datasets(ensure_toyworld(), '20', uint8=True)
     model = SemiVLSegmentor(ModelCfg.preset('toy'), create_toy_clip(), F.normalize(torch.randn(11, 128), dim=-1))
@@ -186,7 +190,8 @@ def test_bf16_autocast_on_cpu_where_native(tmp_path, monkeypatch, pretend_no_bf1
     from semivl.segmentor import ModelCfg, SemiVLSegmentor
     from semivl.toyclip import create_toy_clip
     from semivl.toyworld import ensure_toyworld
-    from semivl.train import TrainCfg, train
+    from semivl.train import train
+    from semivl.train_config import TrainCfg
     if pretend_no_bf16: monkeypatch.setattr(semivl.train, 'native_bf16', lambda d: (False, 'no bf16 here'))
     native, why = semivl.train.native_bf16('cpu')
     torch.manual_seed(0)
@@ -211,7 +216,8 @@ def test_resume_of_a_finished_run_trains_nothing(tmp_path):
     from semivl.segmentor import ModelCfg, SemiVLSegmentor
     from semivl.toyclip import create_toy_clip
     from semivl.toyworld import ensure_toyworld
-    from semivl.train import TrainCfg, train
+    from semivl.train import train
+    from semivl.train_config import TrainCfg
     torch.manual_seed(0)
     ds = semi_datasets(ensure_toyworld(), '20', uint8=True)
     model = SemiVLSegmentor(ModelCfg.preset('toy'), create_toy_clip(), F.normalize(torch.randn(11, 128), dim=-1))

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from semivl.train import TrainCfg, build_optimizer, train_step
+from semivl.train import train_step
+from semivl.optim import build_optimizer
+from semivl.train_config import TrainCfg
 
 GOLDEN = __import__('pathlib').Path(__file__).parent / 'golden'
 LOSSES = ['loss_x', 'loss_s1', 'loss_s2', 'loss_fp', 'loss_mc_s1', 'loss_mc_s2', 'loss_mc_fp', 'loss']
