@@ -56,7 +56,8 @@ def toy(n: int):
 def vitb(n: int, size: int = 512, n_images: int = 6):
     from semivl.clip import load_clip
     from semivl.segmentor import ModelCfg, SemiVLSegmentor
-    from semivl.viewer import PseudoLabelViewer, segmentor_viewer_model
+    from semivl.viewer import PseudoLabelViewer
+    from semivl.viewer_model import segmentor_viewer_model
     torch.manual_seed(0)
     clip, _ = load_clip('ViT-B-16', tokenizer=lambda x: x)  # random weights: timing only
     counts = [45, 3, 3, 1, 4, 4, 2, 4, 2, 3, 1, 2, 2, 4, 4, 4, 3, 1, 1, 2, 3]  # VOC concept4 (spec §4.3)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from .checkpoint import (CheckpointError, _check_writable, _write_durable, checksum_path, load_checkpoint, prev_path,
                                rng_states, save_checkpoint, set_rng_states)
 from .core import IGNORE_INDEX, native_bf16
+from .debug import debug_arrays, debug_dump_path, save_debug_dump
 from .distributed import average_gradients, dist_info
 from .losses import (clip_guidance_loss, confidence_weighted_loss, cutmix_img_, cutmix_mask, mcc_lambda,
                            pixel_ce, pseudo_labels, semivl_total_loss, supervised_ce)
@@ -22,8 +23,8 @@ from .optim import build_optimizer
 from .train_config import METHODS, RUN_IDENTITY, ConfigError, TrainCfg, check_train_cfg
 
 # %% auto #0
-__all__ = ['LABELED_KEYS', 'UNLABELED_KEYS', 'OOM_HINT', 'train_step', 'MetricLog', 'debug_arrays', 'debug_dump_path',
-           'save_debug_dump', 'schedule_length', 'NonFiniteLossError', 'TrainingInterrupted', 'train']
+__all__ = ['LABELED_KEYS', 'UNLABELED_KEYS', 'OOM_HINT', 'train_step', 'MetricLog', 'schedule_length', 'NonFiniteLossError',
+           'TrainingInterrupted', 'train']
 
 # %% ../nbs/10_train.ipynb #2affdbd2
 def _unpack(batch, keys):
@@ -152,57 +153,6 @@ class MetricLog:
             self.tb.flush()
     def close(self):
         if self.tb is not None: self.tb.close()
-
-# %% ../nbs/10_train.ipynb #34a53431
-def _uint8_images(x: Tensor) -> np.ndarray:
-    "(B,3,H,W) ImageNet-normalised (or still uint8) -> uint8 (B,H,W,3)"
-    from semivl.data import denormalize
-    x = x.detach().cpu()
-    if x.dtype == torch.uint8: return x.permute(0, 2, 3, 1).numpy()
-    return np.stack([denormalize(t.float()) for t in x])
-
-def debug_arrays(out: dict,         # `train_step(..., return_outputs=True)`
-                 batch_x, batch_u,  # the step's labeled / unlabeled batches (as given to `train_step`)
-                 iteration: int,    # steps completed after this one (the `metrics.csv` iteration)
-                 cfg: TrainCfg,
-                 class_names: list[str] | None = None,
-                ) -> dict[str, np.ndarray]:
-    "What one step saw for the first `cfg.debug_images` images, as compact numpy arrays (see the table above)"
-    n = cfg.debug_images
-    u8 = lambda t: t[:n].detach().cpu().to(torch.uint8).numpy()
-    f16 = lambda t: t[:n].detach().float().cpu().numpy().astype(np.float16)
-    def pred(logits):
-        conf, lab = logits[:n].detach().float().softmax(1).max(1)
-        return lab.to(torch.uint8).cpu().numpy(), conf.cpu().numpy().astype(np.float16)
-    img_x, mask_x = _unpack(batch_x, LABELED_KEYS)
-    a = dict(img_x=_uint8_images(img_x[:n]), mask_x=u8(mask_x))
-    a['pred_x'], a['conf_x'] = pred(out['pred_x'])
-    if cfg.method != 'supervised':
-        img_w, _, _, ign, box1, box2 = _unpack(batch_u, UNLABELED_KEYS)
-        a.update(img_w=_uint8_images(img_w[:n]), label_w=u8(out['mask_w']), conf_w=f16(out['conf_w']), ignore_w=u8(ign),
-                 box1=u8(box1), box2=u8(box2))
-        for k, i in (('s1', '1'), ('s2', '2')):
-            a.update({f'img_{k}': _uint8_images(out[f'img_{k}_mixed'][:n]), f'label_{k}': u8(out[f'mask_w_mixed{i}']),
-                      f'conf_{k}': f16(out[f'conf_w_mixed{i}']), f'ignore_{k}': u8(out[f'ignore_mask_mixed{i}']),
-                      f'pred_{k}': pred(out[f'pred_{k}'])[0]})
-        if cfg.method == 'semivl':
-            a.update(mclip_w=u8(out['mclip']), mclip_s1=u8(out['mclip_mixed1']), mclip_s2=u8(out['mclip_mixed2']))
-    a.update({k: np.asarray(v.item(), np.float64) for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0})
-    a.update(iteration=np.asarray(iteration, np.int64), method=np.asarray(cfg.method),
-             class_names=np.asarray(list(class_names or []), dtype=str), num_classes=np.asarray(out['pred_x'].shape[1]),
-             conf_thresh=np.asarray(cfg.conf_thresh), mcc_conf_thresh=np.asarray(cfg.mcc_conf_thresh))
-    return a
-
-def debug_dump_path(out_dir: str | Path, iteration: int) -> Path:
-    "`out_dir/debug/it000200.npz`"
-    return Path(out_dir) / 'debug' / f'it{iteration:06d}.npz'
-
-def save_debug_dump(path: str | Path, arrays: dict[str, np.ndarray]) -> Path:
-    "Write `arrays` as a compressed `.npz`, atomically (a reader never sees half a file)"
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO(); np.savez_compressed(buf, **arrays)
-    _write_durable(path, buf.getvalue())
-    return path
 
 # %% ../nbs/10_train.ipynb #5dd09998
 def _seed_loader(loader, seed: int, epoch: int):

@@ -14,7 +14,7 @@ from semivl.core import IGNORE_INDEX, seed_everything
 from semivl.train import train
 from semivl.checkpoint import load_checkpoint
 from semivl.train_config import TrainCfg
-from semivl.viewer import DUMP_VIEWS, DebugDumps, DebugDumpViewer, plot_debug_dump
+from semivl.debug import DUMP_VIEWS, DebugDumps, DebugDumpViewer, plot_debug_dump
 
 ITERS = 4
 pytestmark = pytest.mark.usefixtures('one_thread')   # conftest.py
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures('one_thread')   # conftest.py
 def toy_run(out_dir, iters=ITERS, resume='auto', **kw):
     from semivl.data import build_loader, semi_datasets
     from semivl.toyworld import ensure_toyworld
-    from semivl.viewer import toy_segmentor
+    from semivl.viewer_model import toy_segmentor
     world = ensure_toyworld()
     seg, _, _ = toy_segmentor()
     seed_everything(0)

@@ -92,7 +92,7 @@ def test_evaluate_notebook_on_an_official_format_checkpoint(trained, tmp_path):
     "The trained weights exported under the official mmseg names (as a released best.pth) give the same mIoU"
     import torch
     from semivl.segmentor import official_state_dict
-    from semivl.viewer import toy_segmentor
+    from semivl.viewer_model import toy_segmentor
     _, out = trained['semivl']
     seg, _, _ = toy_segmentor(out/'model.pt')
     torch.save({'model': official_state_dict(seg)}, tmp_path/'best.pth')

@@ -10,7 +10,8 @@ from PIL import Image
 
 from semivl.core import IGNORE_INDEX
 from semivl.viewer import (AUGS, PANELS, PseudoLabelViewer, ViewerModel, ViewerState, ViewSettings, image_stats,
-                           overlay, panel_arrays, plot_panels, training_target)
+                           panel_arrays, plot_panels)
+from semivl.panels import overlay, training_target
 
 OVERLAY_PANELS = ('MaskCLIP', 'student', 'kept', 'target')  # panels that draw class colours over the input
 
@@ -229,7 +230,8 @@ def test_viewer_notebook_runs_under_papermill_with_widget_state(tmp_path, monkey
 
 @pytest.mark.slow
 def test_toy_world_fresh_student_zero_shot_and_checkpoint(tmp_path):
-    from semivl.viewer import _to_input, toy_segmentor, toy_viewer
+    from semivl.viewer import _to_input, toy_viewer
+    from semivl.viewer_model import toy_segmentor
     v = toy_viewer('val')                                     # freshly initialised student
     assert v.state.model.student is not None and v.n_classes == 11
     kept = []
