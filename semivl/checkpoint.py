@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from .core import refused_global
 
 # %% auto #0
 __all__ = ['RUN_FILES', 'rng_states', 'set_rng_states', 'CheckpointError', 'prev_path', 'checksum_path', 'file_sha256',
-           'save_checkpoint', 'load_checkpoint', 'save_safetensors', 'RunExistsError', 'prepare_out_dir']
+           'save_checkpoint', 'load_checkpoint', 'save_safetensors', 'RunExistsError', 'prepare_out_dir',
+           'load_last_checkpoint']
 
 # %% ../nbs/10_checkpoint.ipynb #7e1b3afa
 def rng_states() -> dict:
@@ -219,3 +221,26 @@ def prepare_out_dir(out_dir: str | Path, # the run's output folder
         print(f"overwrite=True: the earlier run in {out_dir} was moved to {aside}")
     _check_writable(out_dir)
     return out_dir
+
+# %% ../nbs/10_checkpoint.ipynb #ck-resume
+def load_last_checkpoint(ck_path: Path, device, rank: int = 0, world: int = 1) -> dict:
+    "Load a run's `last.pt` to resume it, falling back to an intact `last.prev.pt` (the bad file is set aside as `*.corrupt`)"
+    try: return load_checkpoint(ck_path, map_location=device)
+    except (CheckpointError, FileNotFoundError):     # missing: a crash between the two renames of a save
+        if not prev_path(ck_path).exists(): raise
+        ck = load_checkpoint(ck_path, map_location=device, fallback=True)
+        if world > 1: dist.barrier()
+        if rank == 0:
+            for p in (ck_path, checksum_path(ck_path)):
+                if p.exists(): os.replace(p, p.with_name(p.name + '.corrupt'))
+        return ck
+
+def _remove_stale_temps(out_dir: Path):
+    "Delete temp files of saves killed half-way (their writer process is gone)"
+    for f in out_dir.glob('.*.tmp*'):
+        pid = f.name.rsplit('.tmp', 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid(): continue
+        try: os.kill(int(pid), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError): f.unlink()
+        except OSError: pass

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_train.ipynb #bf9f4073
 from __future__ import annotations
-import contextlib, csv, io, math, os, signal, sys, threading, time, warnings
+import contextlib, csv, math, os, signal, sys, threading, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +12,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .checkpoint import (CheckpointError, _check_writable, _write_durable, checksum_path, load_checkpoint, prev_path,
-                               rng_states, save_checkpoint, set_rng_states)
+from .checkpoint import (_check_writable, _remove_stale_temps, checksum_path, load_last_checkpoint, prev_path, rng_states,
+                               save_checkpoint, set_rng_states)
 from .core import IGNORE_INDEX, native_bf16
 from .debug import debug_arrays, debug_dump_path, save_debug_dump
 from .distributed import average_gradients, dist_info
@@ -212,28 +212,6 @@ def _grad_norm(params) -> Tensor:
     grads = [p.grad for p in params if p.grad is not None]
     return torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
 
-def _resume(ck_path: Path, device, rank: int, world: int) -> dict:
-    "Load `last.pt`, falling back to an intact `last.prev.pt` (the bad file is set aside as `*.corrupt`)"
-    try: return load_checkpoint(ck_path, map_location=device)
-    except (CheckpointError, FileNotFoundError):     # missing: a crash between the two renames of a save
-        if not prev_path(ck_path).exists(): raise
-        ck = load_checkpoint(ck_path, map_location=device, fallback=True)
-        if world > 1: dist.barrier()
-        if rank == 0:
-            for p in (ck_path, checksum_path(ck_path)):
-                if p.exists(): os.replace(p, p.with_name(p.name + '.corrupt'))
-        return ck
-
-def _remove_stale_temps(out_dir: Path):
-    "Delete temp files of saves killed half-way (their writer process is gone)"
-    for f in out_dir.glob('.*.tmp*'):
-        pid = f.name.rsplit('.tmp', 1)[-1]
-        if not pid.isdigit() or int(pid) == os.getpid(): continue
-        try: os.kill(int(pid), 0)
-        except ProcessLookupError:
-            with contextlib.suppress(OSError): f.unlink()
-        except OSError: pass
-
 def _count_skipped(batch) -> int:
     "Samples a `SemiDataset(on_error='skip')` replaced in this batch"
     if isinstance(batch, dict) and 'n_skipped' in batch: return int(torch.as_tensor(batch['n_skipped']).sum())
@@ -278,7 +256,7 @@ class _LoopState:
         if resume is True and not has_ck:
             raise FileNotFoundError(f"resume=True but {self.out_dir} holds no checkpoint (last.pt) to resume: check "
                                     f"out_dir, or use resume='auto' to continue a run only if there is one")
-        if resume and has_ck: self.restore(_resume(ck_path, self.device, self.rank, self.world))
+        if resume and has_ck: self.restore(load_last_checkpoint(ck_path, self.device, self.rank, self.world))
         self.own_last = bool(resume)          # last.pt is this run's: keep it as last.prev.pt when replacing it
         amp, why = native_bf16(self.device) if self.cfg.amp_bf16 else (False, '')
         if self.cfg.amp_bf16 and not amp: warnings.warn(f"amp_bf16: {why}; training in float32")

@@ -391,7 +391,7 @@ SAVER = textwrap.dedent('''
 
 @pytest.mark.slow
 def test_sigkill_during_a_checkpoint_write_never_leaves_a_bad_checkpoint(tmp_path):
-    from semivl.train import _remove_stale_temps
+    from semivl.checkpoint import _remove_stale_temps
     (tmp_path / 'saver.py').write_text(SAVER)
     for trial, delay in enumerate((None, None, 0.61)):
         d = tmp_path / f't{trial}'; d.mkdir()
