@@ -8,7 +8,7 @@ Exits with status 1 when there are problems.
 import argparse
 import sys
 
-from semivl.data import check_dataset
+from semivl.prepare import check_dataset
 
 
 def main(args):

@@ -10,7 +10,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from semivl.data import ALIASES, OFFICIAL_SPLITS, official_split_urls
+from semivl.data import ALIASES
+from semivl.prepare import OFFICIAL_SPLITS, official_split_urls
 
 
 def download(url: str, timeout: float) -> bytes:

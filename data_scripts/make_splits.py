@@ -7,7 +7,8 @@ set (`1_16` = round(n/16), as the official ADE20K splits were made).
 """
 import argparse
 
-from semivl.data import DataError, dataset_info, make_split, read_split, training_pool
+from semivl.data import DataError, dataset_info, read_split
+from semivl.prepare import make_split, training_pool
 
 
 def parse_size(s: str, n_pool: int) -> int:

@@ -5,7 +5,7 @@
 # %% ../nbs/03_data.ipynb #657f5431
 from __future__ import annotations
 import json, math, random, warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +18,10 @@ from .transforms import (hflip, mask_to_tensor, normalize, normalize_batch, obta
                                random_crop, random_rescale, strong_view)
 
 # %% auto #0
-__all__ = ['DATASETS', 'ALIASES', 'CITYSCAPES_ID_TO_TRAINID', 'MODES', 'SPLIT_SOURCES', 'OFFICIAL_SPLITS', 'DatasetInfo',
-           'DataError', 'read_classes', 'dataset_info', 'dataset_classes', 'remap_mask', 'read_split', 'write_split',
-           'split_file', 'load_image', 'load_mask', 'fake_dataset', 'SemiDataset', 'val_resize_size', 'semi_datasets',
-           'val_split_file', 'split_fingerprint', 'first_n', 'denormalize', 'seed_worker', 'build_loader', 'set_epoch',
-           'split_partner', 'DatasetReport', 'check_dataset', 'class_balanced_split', 'mask_classes', 'training_pool',
-           'make_split', 'official_split_urls']
+__all__ = ['DATASETS', 'ALIASES', 'CITYSCAPES_ID_TO_TRAINID', 'MODES', 'DatasetInfo', 'DataError', 'read_classes', 'dataset_info',
+           'dataset_classes', 'remap_mask', 'read_split', 'write_split', 'split_file', 'load_image', 'load_mask',
+           'fake_dataset', 'SemiDataset', 'val_resize_size', 'semi_datasets', 'val_split_file', 'split_fingerprint',
+           'first_n', 'denormalize', 'seed_worker', 'build_loader', 'set_epoch', 'split_partner']
 
 # %% ../nbs/03_data.ipynb #e2264405
 @dataclass
@@ -454,171 +452,3 @@ def split_partner(batch: dict) -> tuple[dict, dict]:
     other = {k[:-len('_other')]: v for k, v in batch.items() if k.endswith('_other')}
     if not other: raise KeyError("batch has no '*_other' keys: build the dataset with partner=True")
     return {k: v for k, v in batch.items() if not k.endswith('_other')}, other
-
-# %% ../nbs/03_data.ipynb #ae3d079e
-@dataclass
-class DatasetReport:
-    "Summary of a dataset folder: what `check_dataset` found"
-    name: str
-    root: str
-    nclass: int
-    split_counts: dict = field(default_factory=dict)   # split file (relative) -> number of lines
-    n_images: int = 0                                  # distinct images checked
-    n_masks: int = 0                                   # distinct masks checked
-    class_pixels: np.ndarray | None = None             # (nclass,) pixel count per class
-    class_images: np.ndarray | None = None             # (nclass,) number of masks containing each class
-    ignore_pixels: int = 0
-    min_size: tuple | None = None                      # smallest (w, h)
-    max_size: tuple | None = None
-    problems: list = field(default_factory=list)       # one message per bad file / split
-
-    @property
-    def ok(self) -> bool: return not self.problems
-
-    def __str__(self):
-        lines = [f"dataset {self.name} at {self.root}: {self.nclass} classes, {self.n_images} images, {self.n_masks} masks checked"]
-        lines += [f"  {k}: {v} lines" for k, v in self.split_counts.items()]
-        if self.min_size: lines.append(f"  image sizes: {self.min_size[0]}x{self.min_size[1]} .. {self.max_size[0]}x{self.max_size[1]}")
-        if self.class_pixels is not None and self.class_pixels.sum():
-            tot = self.class_pixels.sum() + self.ignore_pixels
-            lines.append(f"  class histogram (% pixels, #images); ignore {100*self.ignore_pixels/tot:.1f}%:")
-            lines += [f"    {c:3d} {100*p/tot:6.2f}% {n:6d}" for c, (p, n) in enumerate(zip(self.class_pixels, self.class_images))]
-            absent = np.flatnonzero(self.class_images == 0)
-            if len(absent): lines.append(f"  classes never seen: {absent.tolist()}")
-        lines.append(f"  {len(self.problems)} problem(s)" + (':' if self.problems else ''))
-        lines += [f"    {p}" for p in self.problems[:50]] + ([f"    ... {len(self.problems) - 50} more"] if len(self.problems) > 50 else [])
-        return '\n'.join(lines)
-
-# %% ../nbs/03_data.ipynb #87d3c7f7
-def check_dataset(root: str | Path, # dataset folder
-                  info: DatasetInfo | str | None = None, # default: `dataset_info(root)`
-                  split_files: list | None = None, # default: every *.txt under root/splits
-                  max_files: int | None = None, # check only the first n distinct pairs (quick look)
-                  progress: bool = True, # tqdm progress bar
-                 ) -> DatasetReport:
-    "Read every listed image and mask; return counts, class histogram and all problems found"
-    from tqdm.auto import tqdm
-    root = Path(root).expanduser()
-    info = info if isinstance(info, DatasetInfo) else dataset_info(info if info is not None else root)
-    rep = DatasetReport(info.name, str(root), info.nclass, class_pixels=np.zeros(info.nclass, np.int64),
-                        class_images=np.zeros(info.nclass, np.int64))
-    files = [Path(f) for f in split_files] if split_files is not None else sorted((root/'splits').rglob('*.txt'))
-    if not files: rep.problems.append(f"no split files under {root/'splits'}")
-    pairs = {}
-    for f in files:
-        try: lines = read_split(f, need_mask=f.name != 'unlabeled.txt')
-        except DataError as e: rep.problems.append(str(e)); continue
-        rep.split_counts[str(f.relative_to(root) if f.is_relative_to(root) else f)] = len(lines)
-        for ip, mp in lines: pairs[ip] = pairs.get(ip) or mp
-    items = list(pairs.items())[:max_files]
-    for ip, mp in tqdm(items, desc=f'checking {info.name}', disable=not progress):
-        try: img = load_image(root/ip)
-        except DataError as e: rep.problems.append(str(e)); continue
-        rep.n_images += 1
-        sz = img.size
-        rep.min_size = sz if rep.min_size is None else (min(rep.min_size[0], sz[0]), min(rep.min_size[1], sz[1]))
-        rep.max_size = sz if rep.max_size is None else (max(rep.max_size[0], sz[0]), max(rep.max_size[1], sz[1]))
-        if mp is None: continue
-        try: m = load_mask(root/mp, info, sz)
-        except DataError as e: rep.problems.append(str(e)); continue
-        rep.n_masks += 1
-        cnt = np.bincount(m.ravel(), minlength=256)
-        rep.class_pixels += cnt[:info.nclass]; rep.class_images += cnt[:info.nclass] > 0
-        rep.ignore_pixels += int(cnt[info.ignore_index])
-    return rep
-
-# %% ../nbs/03_data.ipynb #bc4c4016
-def class_balanced_split(class_sets: list, # per candidate image, the set of classes its mask contains
-                         n_labeled: int, # how many to label
-                         nclass: int,
-                         seed: int = 0,
-                        ) -> list[int]:
-    "Indices of `n_labeled` images chosen so that class coverage is as even as possible (seeded)"
-    if n_labeled > len(class_sets):
-        raise DataError(f"split asks for {n_labeled} labeled images but only {len(class_sets)} are available")
-    rng = random.Random(seed)
-    order = list(range(len(class_sets))); rng.shuffle(order)
-    by_class = {c: [i for i in order if c in class_sets[i]] for c in range(nclass)}
-    seen, chosen, taken = np.zeros(nclass, np.int64), [], set()
-    while len(chosen) < n_labeled:
-        avail = [c for c in range(nclass) if by_class[c]]
-        if avail:
-            c = min(avail, key=lambda c: (seen[c], rng.random()))
-            i = by_class[c].pop(0)
-        else: i = next(j for j in order if j not in taken)
-        if i in taken: continue
-        taken.add(i); chosen.append(i)
-        for c in class_sets[i]:
-            if c < nclass: seen[c] += 1
-    return chosen
-
-# %% ../nbs/03_data.ipynb #6d00214d
-def mask_classes(root: str | Path, pairs, info: DatasetInfo, progress: bool = True) -> list[set]:
-    "The set of classes in each pair's mask (ignore excluded)"
-    from tqdm.auto import tqdm
-    out = []
-    for ip, mp in tqdm(pairs, desc='reading masks', disable=not progress):
-        if mp is None: raise DataError(f"{ip}: a class-balanced split needs a mask for every candidate image")
-        m = load_mask(Path(root)/mp, info)
-        out.append(set(np.unique(m).tolist()) - {info.ignore_index})
-    return out
-
-def training_pool(root: str | Path) -> list[tuple[str, str | None]]:
-    "All training pairs of a dataset: the union of every labeled.txt and unlabeled.txt under root/splits, sorted"
-    root = Path(root).expanduser()
-    files = sorted(f for f in (root/'splits').rglob('*.txt') if f.name in ('labeled.txt', 'unlabeled.txt'))
-    if not files: raise DataError(f"no labeled.txt/unlabeled.txt under {root/'splits'} to draw from; pass a pool file")
-    seen = {}
-    for f in files:
-        for ip, mp in read_split(f, need_mask=False): seen[ip] = seen.get(ip) or mp
-    return sorted(seen.items())
-
-def make_split(root: str | Path, # dataset folder
-               n_labeled: int, # labeled images in the new split
-               name: str | None = None, # split folder name (default: str(n_labeled))
-               pool: list | str | Path | None = None, # candidate pairs or a split file of them; default: `training_pool(root)`
-               seed: int = 0,
-               info: DatasetInfo | str | None = None,
-               progress: bool = True,
-              ) -> Path:
-    "Write a new seeded, class-balanced split `root/splits/<name>/{labeled,unlabeled}.txt`; returns its folder"
-    root = Path(root).expanduser()
-    info = info if isinstance(info, DatasetInfo) else dataset_info(info if info is not None else root)
-    if pool is None: pool = training_pool(root)
-    elif not isinstance(pool, list): pool = read_split(pool)
-    if n_labeled > len(pool):
-        raise DataError(f"split asks for {n_labeled} labeled images but only {len(pool)} training images exist")
-    idx = class_balanced_split(mask_classes(root, pool, info, progress), n_labeled, info.nclass, seed)
-    out = root/'splits'/(name or str(n_labeled))
-    chosen = set(idx)
-    write_split(out/'labeled.txt', [pool[i] for i in idx])
-    write_split(out/'unlabeled.txt', [p for k, p in enumerate(pool) if k not in chosen])
-    return out
-
-# %% ../nbs/03_data.ipynb #8f8a831e
-SPLIT_SOURCES = {  # name: (GitHub repository, pinned commit)
-    'semivl': ('google-research/semivl', '13ee65d6f27e197e0b55d987b346fc880fc811ca'),
-    'unimatch': ('LiheYoung/UniMatch', '0324f3dd4a22128105a5eb135d2586c0bb3cc647'),
-}
-OFFICIAL_SPLITS = {
-    'pascal': ('92', '183', '366', '732', '1464'),
-    'coco': ('1_512', '1_256', '1_128', '1_64', '1_32'),
-    'ade': ('1_128', '1_64', '1_32', '1_16', '1_8'),
-    'cityscapes': ('1_30', '1_16', '1_8', '1_4', '1_2'),
-}
-
-def official_split_urls(dataset: str, # preset name or alias
-                        split: str | None = None, # one split (None: val.txt only)
-                        source: str = 'semivl', # 'semivl' or 'unimatch'
-                       ) -> dict[str, str]:
-    "Raw-GitHub URLs of an official split, keyed by the path under `<root>/splits/` to save them to"
-    name = ALIASES.get(dataset.lower(), dataset.lower())
-    if name not in OFFICIAL_SPLITS: raise ValueError(f"no official splits for {dataset!r}; known: {', '.join(OFFICIAL_SPLITS)}")
-    if source not in SPLIT_SOURCES: raise ValueError(f"unknown source {source!r}; use one of {', '.join(SPLIT_SOURCES)}")
-    if source == 'unimatch' and name == 'ade': raise ValueError("UniMatch has no ADE20K splits; use source='semivl'")
-    if split is not None and split not in OFFICIAL_SPLITS[name]:
-        raise ValueError(f"{split!r} is not an official {name} split; known: {', '.join(OFFICIAL_SPLITS[name])}")
-    repo, commit = SPLIT_SOURCES[source]
-    base = f"https://raw.githubusercontent.com/{repo}/{commit}/splits/{name}"
-    files = ['val.txt'] + ([f'{split}/labeled.txt', f'{split}/unlabeled.txt'] if split else [])
-    return {f: f"{base}/{f}" for f in files}

@@ -76,7 +76,8 @@ def _split_files(root: Path, split, P: list) -> list[Path]:
 def _data_problems(root: Path, split, info, crop, check_data, ratio_range, P: list):
     "Split files present, crop not larger than the rescaled images, and (with `check_data`) every file readable"
     from PIL import Image
-    from semivl.data import DataError, check_dataset, read_split
+    from semivl.data import DataError, read_split
+    from semivl.prepare import check_dataset
     files = _split_files(root, split, P)
     crop = crop or info.crop
     lab = files[0] if files and files[0].name == 'labeled.txt' and files[0].is_file() else None

@@ -15,9 +15,9 @@ from PIL import Image
 
 from semivl.core import seed_everything
 from semivl.transforms import normalize_batch
-from semivl.data import (DATASETS, DataError, SemiDataset, build_loader, check_dataset, class_balanced_split,
-                         dataset_info, fake_dataset, make_split, official_split_urls, read_split, split_partner,
-                         write_split, _coord_image)
+from semivl.data import (DATASETS, DataError, SemiDataset, build_loader, dataset_info, fake_dataset, read_split,
+                         split_partner, write_split, _coord_image)
+from semivl.prepare import check_dataset, class_balanced_split, make_split, official_split_urls
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (48, 64)   # fake image (h, w)
