@@ -11,8 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
-from semivl.toyclip import (TrainToyClipCfg, create_toy_clip, dense_zero_shot_eval, load_toy_clip, pretrain_toy_clip,
-                            supervised_baseline)
+from semivl.toyclip import create_toy_clip, load_toy_clip
+from semivl.toyclip_pretrain import TrainToyClipCfg, dense_zero_shot_eval, pretrain_toy_clip, supervised_baseline
 from semivl.toyworld import ensure_toyworld
 
 

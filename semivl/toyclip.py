@@ -4,26 +4,21 @@
 
 # %% ../nbs/02_toyclip.ipynb #1128d9ae
 from __future__ import annotations
-import csv, json, math, re, time, warnings
-from dataclasses import dataclass
+import json, re
 from pathlib import Path
 
 import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
-from torchvision.ops import roi_align
-from tqdm.auto import tqdm
 
-from .core import CLIP_MEAN, CLIP_STD, Cfg, assets_dir, seed_everything
-from .toyworld import CLASSES, COLOURS, CLIP_SIZE, TEXTURES, caption, make_caption_corpus, render_scene
+from .core import CLIP_MEAN, CLIP_STD, assets_dir
+from .toyworld import COLOURS, CLIP_SIZE, TEXTURES
 
 # %% auto #0
-__all__ = ['toy_vocab', 'WordTokenizer', 'toy_clip_config', 'create_toy_clip', 'to_clip_input', 'multi_positive_clip_loss',
-           'prompt_separation_loss', 'sample_batch', 'heldout_crops', 'class_text_features', 'zero_shot_eval',
-           'TrainToyClipCfg', 'save_toy_clip', 'pretrain_toy_clip', 'toy_clip_dir', 'load_toy_clip', 'toy_patch_tokens',
-           'toy_dense_maps', 'fit_background_threshold', 'fit_background_bias', 'toy_dense_logits',
-           'dense_zero_shot_eval', 'TinySegHead', 'supervised_baseline']
+__all__ = ['toy_vocab', 'WordTokenizer', 'toy_clip_config', 'create_toy_clip', 'to_clip_input', 'class_text_features',
+           'save_toy_clip', 'toy_clip_dir', 'load_toy_clip', 'toy_patch_tokens', 'toy_dense_maps',
+           'fit_background_threshold', 'fit_background_bias', 'toy_dense_logits']
 
 # %% ../nbs/02_toyclip.ipynb #996011cc
 def toy_vocab() -> list[str]:
@@ -84,149 +79,12 @@ def to_clip_input(images: np.ndarray | torch.Tensor, # uint8 (B, H, W, 3) / (B, 
     mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
     return (x - mean) / std
 
-# %% ../nbs/02_toyclip.ipynb #6ca04836
-def multi_positive_clip_loss(img_feats: torch.Tensor,  # (B, E) L2-normalised
-                             txt_feats: torch.Tensor,  # (B, E) L2-normalised
-                             logit_scale: torch.Tensor, # exp'ed temperature
-                             keys: torch.Tensor,       # (B,) caption ids: equal keys are positives
-                             ) -> torch.Tensor:
-    "Symmetric CLIP loss where identical captions are positives, not negatives"
-    logits = logit_scale * img_feats @ txt_feats.T
-    pos = (keys[:, None] == keys[None, :]).float()
-    target = pos / pos.sum(1, keepdim=True)
-    return (torch.sum(-target * logits.log_softmax(1), 1).mean() +
-            torch.sum(-target * logits.T.log_softmax(1), 1).mean()) / 2
-
-# %% ../nbs/02_toyclip.ipynb #d8c1c37f
-def prompt_separation_loss(model, tokenizer, margin: float = .5, template: str = 'a photo of a {}.') -> torch.Tensor:
-    "Hinge on the pairwise cosine of the object-class prompt embeddings: sum_j relu(cos_ij - margin)^2, averaged over i"
-    t = model.encode_text(tokenizer([template.format(c) for c in CLASSES[1:]]), normalize=True)
-    cos = t @ t.T
-    off = cos[~torch.eye(len(t), dtype=torch.bool)]
-    return F.relu(off - margin).pow(2).sum() / len(t)
-
-# %% ../nbs/02_toyclip.ipynb #484751a8
-def _crop_table(objects: list[list[dict]], min_visible: float = .6) -> np.ndarray:
-    "Rows (scene, cy, cx, r, cls) of objects at least `min_visible` visible: the crop candidates"
-    rows = [(i, o['cy'], o['cx'], o['r'], o['cls']) for i, objs in enumerate(objects) for o in objs
-            if o['visible'] >= min_visible * o['area'] and o['visible'] >= 30]
-    return np.array(rows, np.float32).reshape(-1, 5)
-
-def _crop(images: torch.Tensor, rows: np.ndarray, sides: np.ndarray, rng) -> tuple[torch.Tensor, np.ndarray]:
-    "Square crops of side `sides` around each row's object (jittered), resampled to CLIP_SIZE; and their boxes"
-    cy, cx = rows[:, 1] + rng.uniform(-.15, .15, len(rows)) * sides, rows[:, 2] + rng.uniform(-.15, .15, len(rows)) * sides
-    x0 = np.clip(cx - sides / 2, 0, CLIP_SIZE - sides); y0 = np.clip(cy - sides / 2, 0, CLIP_SIZE - sides)
-    boxes = np.stack([x0, y0, x0 + sides, y0 + sides], 1)
-    rois = torch.tensor(np.concatenate([np.arange(len(rows))[:, None], boxes], 1), dtype=torch.float32)
-    return roi_align(images, rois, output_size=CLIP_SIZE, spatial_scale=1., sampling_ratio=2, aligned=True), boxes
-
-def _crop_classes(mask: np.ndarray, box: np.ndarray, main: int) -> list[int]:
-    "Classes a crop shows: its object first, then others covering enough of the box"
-    x0, y0, x1, y1 = np.round(box).astype(int)
-    counts = np.bincount(mask[y0:y1, x0:x1].ravel(), minlength=len(CLASSES))
-    min_px = max(15, .04 * (x1 - x0) * (y1 - y0))
-    return [main] + [c for c in range(1, len(CLASSES)) if c != main and counts[c] >= min_px]
-
-def _key(classes) -> int:
-    "Caption key: the set of named classes as a bitmask"
-    return sum(1 << int(c) for c in set(classes))
-
-def sample_batch(corpus: dict, crops: np.ndarray, batch_size: int, rng: np.random.Generator,
-                 wide_crops: float = 0., # fraction of crops whose side may grow up to the whole scene
-                 ) -> tuple[torch.Tensor, list[str], torch.Tensor]:
-    "(CLIP-normalised images (B,3,64,64), captions, caption keys) half scenes, half object crops"
-    n_crop = batch_size // 2; n_scene = batch_size - n_crop
-    si = rng.integers(0, len(corpus['images']), n_scene)
-    scenes = torch.from_numpy(corpus['images'][si]).permute(0, 3, 1, 2).float()
-    caps, keys = [], []
-    for i in si:
-        classes = sorted({o['cls'] for o in corpus['objects'][i] if o['visible'] >= 20})
-        caps.append(caption([classes[j] for j in rng.permutation(len(classes))])); keys.append(_key(classes))
-    rows = crops[rng.integers(0, len(crops), n_crop)]
-    lo = np.maximum(2 * rows[:, 3], 16)  # tight crops (2-3 radii: mostly the object alone) or wide ones
-    hi = np.where(rng.random(n_crop) < wide_crops, CLIP_SIZE, 3 * rows[:, 3])
-    sides = np.minimum(CLIP_SIZE, rng.uniform(lo, np.maximum(lo, hi)))
-    src_i = rows[:, 0].astype(int)
-    crop_imgs, boxes = _crop(torch.from_numpy(corpus['images'][src_i]).permute(0, 3, 1, 2).float(), rows, sides, rng)
-    for i, box, c in zip(src_i, boxes, rows[:, 4].astype(int)):
-        classes = _crop_classes(corpus['masks'][i], box, c)
-        caps.append(caption([classes[0]] + [classes[1:][j] for j in rng.permutation(len(classes) - 1)]))
-        keys.append(_key(classes))
-    x = torch.cat([scenes, crop_imgs]) / 255
-    flip = torch.from_numpy(rng.random(batch_size) < .5)
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    k = int(rng.integers(4)); x = torch.rot90(x, k, (2, 3))  # one rotation per batch: cheap and caption-safe
-    return to_clip_input(x), caps, torch.tensor(keys)
-
-# %% ../nbs/02_toyclip.ipynb #9a36aecf
-def heldout_crops(n_scenes: int = 400, seed: int = 999) -> tuple[torch.Tensor, np.ndarray]:
-    "Deterministic held-out object crops (CLIP-normalised) showing one class only, and their class ids"
-    imgs, masks, objs = [], [], []
-    for i in range(n_scenes):
-        img, mask, o = render_scene(np.random.default_rng([seed, 4, i]), size=CLIP_SIZE)
-        imgs.append(img); masks.append(mask); objs.append(o)
-    rows = _crop_table(objs)
-    sides = np.clip(2.4 * rows[:, 3], 24, CLIP_SIZE).astype(np.float32)
-    x0 = np.clip(rows[:, 2] - sides / 2, 0, CLIP_SIZE - sides); y0 = np.clip(rows[:, 1] - sides / 2, 0, CLIP_SIZE - sides)
-    boxes = np.stack([x0, y0, x0 + sides, y0 + sides], 1)
-    clean = np.array([len(_crop_classes(masks[int(r[0])], b, int(r[4]))) == 1 for r, b in zip(rows, boxes)])
-    rows, boxes = rows[clean], boxes[clean]
-    src = torch.from_numpy(np.stack(imgs)[rows[:, 0].astype(int)]).permute(0, 3, 1, 2).float()
-    rois = torch.tensor(np.concatenate([np.arange(len(rows))[:, None], boxes], 1), dtype=torch.float32)
-    crops = roi_align(src, rois, output_size=CLIP_SIZE, spatial_scale=1., sampling_ratio=2, aligned=True)
-    return to_clip_input(crops / 255), rows[:, 4].astype(int)
-
+# %% ../nbs/02_toyclip.ipynb #ctf
 @torch.no_grad()
 def class_text_features(model, tokenizer, names: list[str], template: str = 'a photo of a {}.') -> torch.Tensor:
     "L2-normalised text embeddings (len(names), E) of one prompt per class"
     model.eval()
     return model.encode_text(tokenizer([template.format(n) for n in names]), normalize=True)
-
-@torch.no_grad()
-def zero_shot_eval(model, tokenizer, images: torch.Tensor, labels: np.ndarray, batch_size: int = 256) -> dict:
-    "Zero-shot accuracy over the 10 object classes: overall, colour and texture-pair accuracy"
-    model.eval()
-    txt = class_text_features(model, tokenizer, list(CLASSES[1:]))
-    sims = torch.cat([model.encode_image(images[i:i + batch_size], normalize=True) @ txt.T
-                      for i in range(0, len(images), batch_size)])
-    pred = sims.argmax(1).numpy() + 1; y = np.asarray(labels)
-    pair = (y - 1) // 2 * 2  # column of the striped member of each object's pair
-    pair_pred = (sims[torch.arange(len(y)), torch.from_numpy(pair + 1)] >
-                 sims[torch.arange(len(y)), torch.from_numpy(pair)]).numpy().astype(int) + pair + 1
-    conf = np.zeros((len(CLASSES) - 1,) * 2, int)
-    np.add.at(conf, (y - 1, pred - 1), 1)
-    return dict(acc=float((pred == y).mean()), colour_acc=float(((pred - 1) // 2 == (y - 1) // 2).mean()),
-                texture_acc=float((pair_pred == y).mean()), n=int(len(y)), confusion=conf.tolist())
-
-# %% ../nbs/02_toyclip.ipynb #fa1da07a
-@dataclass
-class TrainToyClipCfg(Cfg):
-    steps: int = 1400          # optimiser steps (the cosine schedule spans them)
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = .1
-    warmup: int = 100          # linear warmup steps
-    n_scenes: int = 10_000     # caption-corpus scenes (crops are cut from them on the fly)
-    seed: int = 0
-    eval_every: int = 100      # steps between held-out zero-shot evaluations
-    ckpt_every: int = 100      # steps between resumable checkpoints
-    n_eval_scenes: int = 400   # held-out scenes whose objects are the zero-shot test set
-    threads: int = 2           # torch CPU threads
-    wide_crops: float = 0.     # fraction of crops that may be wider than 3 object radii (up to the scene)
-    text_sep: float = 1.       # weight of the class-prompt separation term (see `prompt_separation_loss`)
-    max_minutes: float | None = None  # time budget: the cosine follows steps or time, whichever runs out first
-
-def _progress(step: int, seconds: float, cfg: TrainToyClipCfg) -> float:
-    "Fraction of the run done: by steps, or by wall time when `max_minutes` runs out first"
-    t = step / cfg.steps
-    return max(t, seconds / (cfg.max_minutes * 60)) if cfg.max_minutes else t
-
-def _lr_at(step: int, cfg: TrainToyClipCfg, progress: float | None = None) -> float:
-    "Linear warmup over `warmup` steps, then cosine decay to 0 at progress 1"
-    if step < cfg.warmup: return cfg.lr * (step + 1) / cfg.warmup
-    p = step / cfg.steps if progress is None else progress
-    t = (p - cfg.warmup / cfg.steps) / max(1e-9, 1 - cfg.warmup / cfg.steps)
-    return cfg.lr * .5 * (1 + math.cos(math.pi * min(max(t, 0.), 1.)))
 
 # %% ../nbs/02_toyclip.ipynb #1f96780c
 def save_toy_clip(model, out_dir: str | Path, tokenizer: WordTokenizer, config: dict | None = None,
@@ -238,68 +96,6 @@ def save_toy_clip(model, out_dir: str | Path, tokenizer: WordTokenizer, config: 
     save_file(sd, str(out/'open_clip_model.safetensors'))
     (out/'open_clip_config.json').write_text(json.dumps(config or toy_clip_config(len(tokenizer.vocab)), indent=1))
     tokenizer.save(out/'vocab.json')
-
-def pretrain_toy_clip(cfg: TrainToyClipCfg, out_dir: str | Path, progress: bool = True) -> dict:
-    "Pretrain (or resume) the tiny CLIP into `out_dir`; returns the final metrics"
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(cfg.threads); seed_everything(cfg.seed)
-    tok = WordTokenizer(toy_vocab()); model = create_toy_clip(toy_clip_config(len(tok.vocab)))
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and 'embedding' not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and 'embedding' not in n)]
-    opt = torch.optim.AdamW([{'params': decay, 'weight_decay': cfg.weight_decay},
-                             {'params': no_decay, 'weight_decay': 0.}], lr=cfg.lr)
-    step, log, elapsed = 0, [], 0.
-    ckpt = out/'checkpoint.pt'
-    if ckpt.exists():  # resume
-        state = torch.load(ckpt, weights_only=True)   # tensors, numbers, strings: nothing to unpickle
-        changed = {k: (v, getattr(cfg, k)) for k, v in state.get('cfg', {}).items()
-                   if k not in ('threads', 'max_minutes') and hasattr(cfg, k) and v != getattr(cfg, k)}
-        if changed: warnings.warn(f"resuming {ckpt} with changed settings (saved -> now): {changed}")
-        model.load_state_dict(state['model']); opt.load_state_dict(state['opt'])
-        step, log, elapsed = state['step'], state['log'], state['elapsed']
-    corpus = make_caption_corpus(cfg.n_scenes, seed=cfg.seed + 1, progress=progress)
-    crops = _crop_table(corpus['objects'])
-    ev_x, ev_y = heldout_crops(cfg.n_eval_scenes)
-    fields = ['step', 'minutes', 'loss', 'lr', 'acc', 'colour_acc', 'texture_acc']
-
-    def write_log():
-        with open(out/'train_log.csv', 'w', newline='') as fh:
-            w = csv.DictWriter(fh, fields); w.writeheader(); w.writerows(log)
-
-    t0, losses = time.time() - elapsed, []
-    bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc='pretrain tiny CLIP', disable=not progress)
-    for step in bar:
-        prog = _progress(step, time.time() - t0, cfg)
-        for g in opt.param_groups: g['lr'] = _lr_at(step, cfg, prog)
-        model.train()
-        x, caps, keys = sample_batch(corpus, crops, cfg.batch_size, np.random.default_rng([cfg.seed, step]), cfg.wide_crops)
-        img_f, txt_f, scale = model(x, tok(caps))
-        loss = multi_positive_clip_loss(img_f, txt_f, scale, keys)
-        if cfg.text_sep > 0: loss = loss + cfg.text_sep * prompt_separation_loss(model, tok)
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-        with torch.no_grad(): model.logit_scale.clamp_(0, math.log(100))
-        losses.append(loss.item()); bar.set_postfix(loss=f'{loss.item():.3f}')
-        done = step + 1
-        stop = _progress(done, time.time() - t0, cfg) >= 1 and done < cfg.steps
-        if done % cfg.eval_every == 0 or done == cfg.steps or stop:
-            m = zero_shot_eval(model, tok, ev_x, ev_y)
-            log.append(dict(step=done, minutes=round((time.time() - t0) / 60, 2), loss=round(float(np.mean(losses)), 4),
-                            lr=_lr_at(step, cfg, prog), acc=m['acc'], colour_acc=m['colour_acc'], texture_acc=m['texture_acc']))
-            losses = []; write_log()
-            bar.write(f"step {done}: loss {log[-1]['loss']:.3f} zero-shot acc {m['acc']:.3f} texture {m['texture_acc']:.3f}")
-        if done % cfg.ckpt_every == 0 or done == cfg.steps or stop:
-            torch.save(dict(model=model.state_dict(), opt=opt.state_dict(), step=done, log=log,
-                            elapsed=time.time() - t0, cfg=cfg.to_dict()), out/'checkpoint.tmp')
-            (out/'checkpoint.tmp').replace(ckpt)
-        if stop: break
-    m = zero_shot_eval(model, tok, ev_x, ev_y)
-    save_toy_clip(model, out, tok)
-    metrics = dict(steps=log[-1]['step'] if log else step, minutes=log[-1]['minutes'] if log else 0.,
-                   n_params=sum(p.numel() for p in model.parameters()), cfg=cfg.to_dict(),
-                   zero_shot={k: m[k] for k in ('acc', 'colour_acc', 'texture_acc', 'n')},
-                   zero_shot_confusion=m['confusion'], heldout=dict(n_scenes=cfg.n_eval_scenes, seed=999))
-    (out/'metrics.json').write_text(json.dumps(metrics, indent=1))
-    return metrics
 
 # %% ../nbs/02_toyclip.ipynb #a0ea93e8
 def toy_clip_dir() -> Path:
@@ -427,91 +223,3 @@ def toy_dense_logits(model: open_clip.CLIP,
     margin = (bg_threshold - norm) / abs(bg_threshold)
     logits[:, bg_index] = obj + scale * (margin if bg_below else -margin)
     return logits
-
-# %% ../nbs/02_toyclip.ipynb #19977511
-@torch.no_grad()
-def dense_zero_shot_eval(model, tokenizer,
-                         root: str | Path,                          # toy world folder
-                         labeled: str = 'splits/20/labeled.txt',    # split used to fit the background threshold
-                         val: str = 'splits/val.txt',
-                         shifts: tuple[int, ...] = (0, 4),
-                         batch_size: int = 100,
-                         mlp: bool = False,   # True: score the official MaskCLIP read-out instead
-                         zoom: int = 2, stride: int = 16,
-                         background: str = 'prompt', # 'prompt' (+ fitted bias) or 'norm' (fitted threshold)
-                         ) -> dict:
-    "Dense zero-shot mIoU (fraction) and per-class IoU on toy val; also the fitted background threshold"
-    from semivl.evaluate import ConfusionMatrix
-    from semivl.toyworld import load_split
-    model.eval()
-    txt = class_text_features(model, tokenizer, list(CLASSES))
-    if background == 'prompt':  # the corpus's caption of empty scenes is the background prompt
-        txt[0] = class_text_features(model, tokenizer, ['a photo of an empty background.'], '{}')[0]
-    lx, ly = load_split(root, labeled)
-    maps = [toy_dense_maps(model, to_clip_input(lx[i:i + batch_size]), txt, shifts, mlp, zoom, stride)
-            for i in range(0, len(lx), batch_size)]
-    thr, below, bias = None, True, None
-    if background == 'prompt': bias = fit_background_bias(torch.cat([c for c, _ in maps]), ly)
-    else: thr, below = fit_background_threshold(torch.cat([n for _, n in maps]), ly)
-    vx, vy = load_split(root, val)
-    cm = ConfusionMatrix(len(CLASSES))
-    for i in range(0, len(vx), batch_size):
-        pred = toy_dense_logits(model, vx[i:i + batch_size], txt, thr, below, bias, shifts=shifts, mlp=mlp,
-                                zoom=zoom, stride=stride).argmax(1)
-        cm.update(pred, torch.from_numpy(vy[i:i + batch_size]))
-    r = cm.compute()
-    return dict(miou=r['miou'] / 100, iou={c: v / 100 for c, v in zip(CLASSES, r['iou'])}, background=background,
-                bg_bias=bias, bg_threshold=thr, bg_below=below, shifts=list(shifts), zoom=zoom, stride=stride,
-                labeled=labeled, mlp=mlp)
-
-# %% ../nbs/02_toyclip.ipynb #de8c9f6f
-class TinySegHead(torch.nn.Module):
-    "Small segmentation head on a ViT token grid: conv3x3 -> ReLU -> conv1x1, bilinear upsampling"
-    def __init__(self, visual, n_classes: int = len(CLASSES), width: int = 128, frozen: bool = True):
-        super().__init__()
-        self.visual, self.frozen = visual, frozen
-        c = visual.conv1.out_channels
-        self.head = torch.nn.Sequential(torch.nn.Conv2d(c, width, 3, padding=1), torch.nn.ReLU(),
-                                        torch.nn.Conv2d(width, n_classes, 1))
-
-    def tokens(self, x):  # (B, C, h, w) last-block tokens after ln_post
-        t = self.visual.ln_post(self.visual.transformer(self.visual._embeds(x)))[:, 1:]
-        h = x.shape[-2] // self.visual.patch_size[0]
-        return t.transpose(1, 2).reshape(len(x), -1, h, x.shape[-1] // self.visual.patch_size[1])
-
-    def forward(self, x):
-        if self.frozen:
-            with torch.no_grad(): t = self.tokens(x)
-        else: t = self.tokens(x)
-        return F.interpolate(self.head(t), size=x.shape[-2:], mode='bilinear', align_corners=False)
-
-def supervised_baseline(visual,                 # an open_clip VisionTransformer (pretrained or random)
-                        root: str | Path,       # toy world folder
-                        frozen: bool = True,    # train only the head (else the whole ViT as well)
-                        labeled: str = 'splits/20/labeled.txt',
-                        steps: int = 300, lr: float = 1e-3, seed: int = 0,
-                        ) -> dict:
-    "Train a `TinySegHead` on the labeled split; mIoU, per-class IoU and wall time on toy val"
-    from semivl.evaluate import ConfusionMatrix
-    from semivl.toyworld import load_split
-    seed_everything(seed); t0 = time.time()
-    net = TinySegHead(visual, frozen=frozen)
-    params = net.head.parameters() if frozen else net.parameters()
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=.01)
-    x, y = load_split(root, labeled); x, y = to_clip_input(x), torch.from_numpy(y).long()
-    g = torch.Generator().manual_seed(seed)
-    for step in range(steps):
-        net.train(); net.visual.train(not frozen)
-        k, flip = int(torch.randint(4, (1,), generator=g)), bool(torch.randint(2, (1,), generator=g))
-        xb, yb = torch.rot90(x, k, (2, 3)), torch.rot90(y, k, (1, 2))
-        if flip: xb, yb = xb.flip(-1), yb.flip(-1)
-        loss = F.cross_entropy(net(xb), yb, ignore_index=255)
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-    net.eval(); cm = ConfusionMatrix(len(CLASSES))
-    vx, vy = load_split(root, 'splits/val.txt')
-    with torch.no_grad():
-        for i in range(0, len(vx), 100):
-            cm.update(net(to_clip_input(vx[i:i + 100])).argmax(1), torch.from_numpy(vy[i:i + 100]))
-    r = cm.compute()
-    return dict(miou=r['miou'] / 100, iou={c: v / 100 for c, v in zip(CLASSES, r['iou'])},
-                steps=steps, seconds=round(time.time() - t0, 1), frozen=frozen, labeled=labeled)

@@ -11,8 +11,8 @@ import open_clip
 import pytest
 import torch
 
-from semivl.toyclip import (WordTokenizer, dense_zero_shot_eval, heldout_crops, load_toy_clip, toy_clip_dir,
-                            zero_shot_eval)
+from semivl.toyclip import WordTokenizer, load_toy_clip, toy_clip_dir
+from semivl.toyclip_pretrain import dense_zero_shot_eval, heldout_crops, zero_shot_eval
 from semivl.toyworld import write_toyworld
 
 REPO = Path(__file__).parents[1]
