@@ -18,9 +18,9 @@ from .core import refused_global
 
 # %% auto #0
 __all__ = ['CHECKPOINT_NAMES', 'resolve_weights', 'read_state_dict', 'is_torchscript_archive', 'read_torchscript_tensors',
-           'pretrained_tag_of', 'load_clip', 'run_clip', 'resize_pos_embed', 'value_path', 'block_forward',
-           'ClipBackbone', 'clone_visual', 'frozen_clip_encoder', 'official_to_visual', 'visual_to_official',
-           'load_official_backbone']
+           'pretrained_tag_of', 'load_clip', 'run_clip', 'is_tiny_clip', 'resize_pos_embed', 'value_path',
+           'block_forward', 'ClipBackbone', 'clone_visual', 'frozen_clip_encoder', 'official_to_visual',
+           'visual_to_official', 'load_official_backbone']
 
 # %% ../nbs/04_clip.ipynb #1fd9cfa3
 _OPENAI_EXTRA_KEYS = ('input_resolution', 'context_length', 'vocab_size')
@@ -201,10 +201,12 @@ def run_clip(weights: str | Path | None = None, # None: the shipped tiny CLIP; a
             ) -> tuple[nn.Module, object]:
     "The CLIP of a run: `(clip_model, tokenizer)`"
     from semivl.toyclip import load_toy_clip
-    if weights is None: return load_toy_clip()
-    p = Path(weights).expanduser()
-    if p.is_dir() and (p/'vocab.json').is_file(): return load_toy_clip(p)  # a tiny CLIP: local-dir layout + its vocab
-    return load_clip(model, p, pretrained=pretrained)
+    if is_tiny_clip(weights): return load_toy_clip(None if weights is None else Path(weights).expanduser())
+    return load_clip(model, Path(weights).expanduser(), pretrained=pretrained)
+
+def is_tiny_clip(weights: str | Path | None) -> bool:
+    "Whether `run_clip(weights)` loads a tiny CLIP: the shipped one (None) or a local-dir folder with its word vocab"
+    return weights is None or (Path(weights).expanduser().is_dir() and (Path(weights).expanduser()/'vocab.json').is_file())
 
 # %% ../nbs/04_clip.ipynb #52b7abad
 def resize_pos_embed(pos: torch.Tensor, # (1+g*g, C) or (1, 1+g*g, C), cls row first, square grid

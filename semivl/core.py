@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #f3b6e403
 from __future__ import annotations
-import dataclasses, os, random, types, typing
+import dataclasses, os, random, subprocess, sys, time, types, typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -13,7 +13,8 @@ import torch
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'IMAGENET_MEAN', 'IMAGENET_STD', 'CLIP_MEAN', 'CLIP_STD', 'get_device', 'refused_global',
-           'native_bf16', 'seed_everything', 'cache_dir', 'assets_dir', 'Cfg', 'color_palette']
+           'native_bf16', 'seed_everything', 'cache_dir', 'assets_dir', 'progress_mode', 'LineFile', 'progress_bar',
+           'Cfg', 'color_palette']
 
 # %% ../nbs/00_core.ipynb #80a6a117
 IGNORE_INDEX = 255  # label value skipped by losses and metrics
@@ -84,6 +85,46 @@ def cache_dir(*parts: str, # optional sub-folders, created on demand
 def assets_dir() -> Path:
     "Folder of data files shipped inside the package (class lists, the tiny CLIP checkpoint)"
     return Path(__file__).parent/'assets'
+
+# %% ../nbs/00_core.ipynb #3e998b45
+def _parent_cmdline() -> str:
+    "Command line of this process's parent ('' if unknown)"
+    try: return Path(f'/proc/{os.getppid()}/cmdline').read_bytes().replace(b'\0', b' ').decode(errors='replace')
+    except OSError: pass
+    try: return subprocess.run(['ps', '-o', 'args=', '-p', str(os.getppid())], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.SubprocessError): return ''
+
+def progress_mode() -> str:
+    "'widget' in a kernel of a Jupyter server, 'terminal' on a terminal, else 'lines' (`SEMIVL_PROGRESS` overrides)"
+    if os.environ.get('SEMIVL_PROGRESS'): return os.environ['SEMIVL_PROGRESS']
+    try:
+        from IPython import get_ipython
+        kernel = get_ipython() is not None and 'IPKernelApp' in get_ipython().config
+    except ImportError: kernel = False
+    if kernel: return 'widget' if 'jupyter' in _parent_cmdline() else 'lines'   # papermill, nbclient: lines
+    return 'terminal' if sys.stderr.isatty() else 'lines'
+
+class LineFile:
+    "A file for tqdm that writes its redraws as plain lines, at most one every `every` seconds (and the last one)"
+    def __init__(self, f=None, every: float = 10.): self.f, self.every, self.last, self.pending = f, every, -1e9, ''
+    def write(self, s: str):
+        text = s.replace('\r', '').strip()
+        if text: self.pending = text
+        now = time.monotonic()
+        if self.pending and (now - self.last >= self.every or (not text and '\n' in s)):   # a newline alone: the bar closed
+            f = self.f or sys.stdout
+            f.write(self.pending + '\n'); f.flush()
+            self.pending, self.last = '', now
+    def flush(self): (self.f or sys.stdout).flush()
+
+def progress_bar(iterable=None, every: float = 10., # seconds between plain lines
+                 **kw):                             # tqdm arguments (total, desc, initial, disable, leave...)
+    "A tqdm bar for `progress_mode()`: widget, terminal bar, or plain lines on stdout"
+    mode = progress_mode()
+    if mode == 'widget': from tqdm.auto import tqdm; return tqdm(iterable, **kw)
+    from tqdm.std import tqdm
+    if mode == 'terminal': return tqdm(iterable, **kw)
+    return tqdm(iterable, file=LineFile(every=every), mininterval=0, ascii=True, ncols=100, **kw)
 
 # %% ../nbs/00_core.ipynb #32ca63d7
 def _check_type(value, tp, where: str):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from PIL import Image
 
-from .core import IGNORE_INDEX, color_palette
+from .core import IGNORE_INDEX, color_palette, progress_bar
 from .transforms import normalize_batch
 
 # %% auto #0
@@ -222,7 +222,7 @@ def evaluate(model,                  # segmentor: (B,3,h,w) -> (B,N,h,w) logits
     cm = ConfusionMatrix(num_classes)
     it = loader
     if progress:
-        from tqdm.auto import tqdm; it = tqdm(loader, desc='eval', leave=False)
+        it = progress_bar(loader, desc='eval', leave=False)
     n = 0
     try:
         for batch in it:

@@ -73,14 +73,27 @@ def _split_files(root: Path, split, P: list) -> list[Path]:
         if not f.is_file(): P.append(f"split file missing: {f}")
     return files
 
+def _ignore_only_labels(root: Path, lab: Path, info) -> list[str]:
+    "A problem if every labeled mask of `lab` holds only ignore pixels (every training step would be NaN)"
+    from semivl.data import DataError, load_mask, read_split
+    try: masks = [mp for _, mp in read_split(lab)]
+    except DataError: return []   # reported by the split checks
+    for mp in masks:               # stops at the first mask with a real label: cheap on good data
+        try: m = load_mask(root/mp, info)
+        except DataError: return []   # a bad file: the checked loader names it
+        if (m != info.ignore_index).any(): return []
+    return [f"every labeled mask of {lab} ({len(masks)}) holds only ignore ({info.ignore_index}) pixels: there is nothing "
+            f"to learn from (wrong mask format? see data_scripts/check_dataset.py)"] if masks else []
+
 def _data_problems(root: Path, split, info, crop, check_data, ratio_range, P: list):
-    "Split files present, crop not larger than the rescaled images, and (with `check_data`) every file readable"
+    "Split files present, crop not larger than the rescaled images, labels not all ignore, and (with `check_data`) every file readable"
     from PIL import Image
     from semivl.data import DataError, read_split
     from semivl.prepare import check_dataset
     files = _split_files(root, split, P)
     crop = crop or info.crop
     lab = files[0] if files and files[0].name == 'labeled.txt' and files[0].is_file() else None
+    if lab is not None: P += _ignore_only_labels(root, lab, info)
     if lab is not None and crop:
         try:
             sides = []

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .core import progress_bar
 from .data import ALIASES, DataError, DatasetInfo, dataset_info, load_image, load_mask, read_split, write_split
 
 # %% auto #0
@@ -58,21 +59,21 @@ def check_dataset(root: str | Path, # dataset folder
                   progress: bool = True, # tqdm progress bar
                  ) -> DatasetReport:
     "Read every listed image and mask; return counts, class histogram and all problems found"
-    from tqdm.auto import tqdm
     root = Path(root).expanduser()
     info = info if isinstance(info, DatasetInfo) else dataset_info(info if info is not None else root)
     rep = DatasetReport(info.name, str(root), info.nclass, class_pixels=np.zeros(info.nclass, np.int64),
                         class_images=np.zeros(info.nclass, np.int64))
     files = [Path(f) for f in split_files] if split_files is not None else sorted((root/'splits').rglob('*.txt'))
     if not files: rep.problems.append(f"no split files under {root/'splits'}")
-    pairs = {}
+    pairs, labeled = {}, set()   # labeled: masks a labeled list trains on
     for f in files:
         try: lines = read_split(f, need_mask=f.name != 'unlabeled.txt')
         except DataError as e: rep.problems.append(str(e)); continue
+        if f.name == 'labeled.txt': labeled.update(mp for _, mp in lines)
         rep.split_counts[str(f.relative_to(root) if f.is_relative_to(root) else f)] = len(lines)
         for ip, mp in lines: pairs[ip] = pairs.get(ip) or mp
     items = list(pairs.items())[:max_files]
-    for ip, mp in tqdm(items, desc=f'checking {info.name}', disable=not progress):
+    for ip, mp in progress_bar(items, desc=f'checking {info.name}', disable=not progress):
         try: img = load_image(root/ip)
         except DataError as e: rep.problems.append(str(e)); continue
         rep.n_images += 1
@@ -86,6 +87,8 @@ def check_dataset(root: str | Path, # dataset folder
         cnt = np.bincount(m.ravel(), minlength=256)
         rep.class_pixels += cnt[:info.nclass]; rep.class_images += cnt[:info.nclass] > 0
         rep.ignore_pixels += int(cnt[info.ignore_index])
+        if mp in labeled and cnt[info.ignore_index] == m.size:
+            rep.problems.append(f"{root/mp}: a labeled mask with only ignore ({info.ignore_index}) pixels: nothing to learn from")
     return rep
 
 # %% ../nbs/03_prepare.ipynb #bc4c4016
@@ -116,9 +119,8 @@ def class_balanced_split(class_sets: list, # per candidate image, the set of cla
 # %% ../nbs/03_prepare.ipynb #6d00214d
 def mask_classes(root: str | Path, pairs, info: DatasetInfo, progress: bool = True) -> list[set]:
     "The set of classes in each pair's mask (ignore excluded)"
-    from tqdm.auto import tqdm
     out = []
-    for ip, mp in tqdm(pairs, desc='reading masks', disable=not progress):
+    for ip, mp in progress_bar(pairs, desc='reading masks', disable=not progress):
         if mp is None: raise DataError(f"{ip}: a class-balanced split needs a mask for every candidate image")
         m = load_mask(Path(root)/mp, info)
         out.append(set(np.unique(m).tolist()) - {info.ignore_index})

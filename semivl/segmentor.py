@@ -207,19 +207,23 @@ class SemiVLSegmentor(nn.Module):
 # %% ../nbs/07_segmentor.ipynb #3b6fc928
 @torch.no_grad()
 def fit_guidance_bg_bias(model: SemiVLSegmentor,
-                         images: torch.Tensor,  # (B, 3, H, W) ImageNet-normalised labeled images
-                         masks: torch.Tensor,   # (B, H, W) their labels (class 0 = background, 255 ignored)
+                         images: torch.Tensor | list, # (B, 3, H, W) ImageNet-normalised labeled images, or a list of (3, H, W)
+                         masks: torch.Tensor | list,  # (B, H, W) their labels (class 0 = background, 255 ignored), or a list
                          biases: torch.Tensor = torch.linspace(-.2, .8, 101), # candidate offsets (cosine units)
                          batch_size: int = 64,
                         ) -> float:
     "Set `model.guidance_bias[0]` to the offset maximising the MaskCLIP mIoU on labeled images; returns it"
     from semivl.toyclip import fit_background_bias
     model.guidance_bias.zero_()
-    up = lambda l: F.interpolate(l, size=masks.shape[-2:], mode='bilinear', align_corners=False)
+    up = lambda l, m: F.interpolate(l, size=m.shape[-2:], mode='bilinear', align_corners=False)
     dev = model.guidance_bias.device
-    cos = torch.cat([up(model.maskclip_logits(images[i:i + batch_size].to(dev))).cpu()
-                     for i in range(0, len(images), batch_size)])
-    b = fit_background_bias(cos, masks.cpu(), biases=biases)
+    if torch.is_tensor(images):
+        cos = torch.cat([up(model.maskclip_logits(images[i:i + batch_size].to(dev)), masks).cpu()
+                         for i in range(0, len(images), batch_size)])
+        b = fit_background_bias(cos, masks.cpu(), biases=biases)
+    else:  # images of different sizes: every labeled pixel in one (1, K, 1, pixels) row
+        cos = torch.cat([up(model.maskclip_logits(x[None].to(dev)), m).flatten(2).cpu() for x, m in zip(images, masks)], 2)
+        b = fit_background_bias(cos[:, :, None], torch.cat([m.flatten() for m in masks])[None, None].cpu(), biases=biases)
     model.guidance_bias[0] = b
     return b
 

@@ -12,9 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
-from tqdm.auto import tqdm
 
-from .core import Cfg, seed_everything
+from .core import Cfg, progress_bar, seed_everything
 from .toyclip import (WordTokenizer, class_text_features, create_toy_clip, fit_background_bias,
                             fit_background_threshold, save_toy_clip, to_clip_input, toy_clip_config, toy_dense_logits,
                             toy_dense_maps, toy_vocab)
@@ -202,7 +201,7 @@ def pretrain_toy_clip(cfg: TrainToyClipCfg, out_dir: str | Path, progress: bool 
     crops = _crop_table(corpus['objects'])
     ev_x, ev_y = heldout_crops(cfg.n_eval_scenes)
     t0, losses = time.time() - elapsed, []
-    bar = tqdm(range(step, cfg.steps), initial=step, total=cfg.steps, desc='pretrain tiny CLIP', disable=not progress)
+    bar = progress_bar(range(step, cfg.steps), initial=step, total=cfg.steps, desc='pretrain tiny CLIP', disable=not progress)
     for step in bar:
         prog = _progress(step, time.time() - t0, cfg)
         for g in opt.param_groups: g['lr'] = _lr_at(step, cfg, prog)

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 import matplotlib.pyplot as plt
-from .core import IGNORE_INDEX, cache_dir
+from .core import IGNORE_INDEX, cache_dir, progress_bar
 
 # %% auto #0
 __all__ = ['VERSION', 'SIZE', 'CLIP_SIZE', 'COLOURS', 'TEXTURES', 'SHAPES', 'CLASSES', 'SPLIT_SIZES', 'class_definitions',
@@ -132,7 +131,7 @@ def make_caption_corpus(n: int = 10_000,     # number of scenes
     "In-memory corpus at the tiny CLIP's scale: 'images' uint8 (n, CLIP_SIZE, CLIP_SIZE, 3), 'masks', 'captions', 'objects'"
     images = np.empty((n, CLIP_SIZE, CLIP_SIZE, 3), np.uint8); masks = np.empty((n, CLIP_SIZE, CLIP_SIZE), np.uint8)
     captions, objects = [], []
-    for i in tqdm(range(n), desc='caption corpus', disable=not progress):
+    for i in progress_bar(range(n), desc='caption corpus', disable=not progress):
         rng = np.random.default_rng([seed, 2, i])
         img, mask, objs = render_scene(rng, 0 if rng.random() < p_empty else None, size=CLIP_SIZE)
         images[i], masks[i] = img, mask; objects.append(objs); captions.append(scene_caption(objs, rng))
@@ -175,7 +174,7 @@ def write_toyworld(root: str | Path,         # folder to create (must not exist 
         (root/sub).mkdir(parents=True, exist_ok=True)
     lines, class_sets = {'train': [], 'val': []}, []
     for split, n, code in (('train', n_train, 0), ('val', n_val, 1)):
-        for i in tqdm(range(n), desc=f'toyworld {split}', disable=not progress):
+        for i in progress_bar(range(n), desc=f'toyworld {split}', disable=not progress):
             img, mask, _ = render_scene(np.random.default_rng([seed, code, i]), size=size)
             lines[split].append(_write_pair(root, split, f'{split}_{i:05d}', img, mask))
             if split == 'train': class_sets.append(set(np.unique(mask).tolist()))

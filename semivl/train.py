@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .checkpoint import (_check_writable, _remove_stale_temps, checksum_path, load_last_checkpoint, prev_path, rng_states,
                                save_checkpoint, set_rng_states)
-from .core import IGNORE_INDEX, native_bf16
+from .core import IGNORE_INDEX, native_bf16, progress_bar
 from .debug import debug_arrays, debug_dump_path, save_debug_dump
 from .distributed import average_gradients, dist_info
 from .losses import (clip_guidance_loss, confidence_weighted_loss, cutmix_img_, cutmix_mask, mcc_lambda,
@@ -427,9 +427,8 @@ class _Loop(_LoopState):
 
     def run(self, sig, progress: bool):
         "Train epoch by epoch until the schedule ends or `stop_after`"
-        from tqdm.auto import tqdm
         stop_after, cfg = self.opts['stop_after'], self.cfg
-        self.bar = tqdm(total=self.total, initial=self.it, disable=not progress or self.rank != 0, desc=cfg.method)
+        self.bar = progress_bar(total=self.total, initial=self.it, disable=not progress or self.rank != 0, desc=cfg.method)
         self.sums, self.n_sum, self.t0, self.postfix = {}, 0, time.time(), {}
         reached = lambda: stop_after is not None and self.it >= stop_after
         first = self.it // self.ipe

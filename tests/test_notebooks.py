@@ -225,3 +225,21 @@ def test_evaluate_notebook_checks_that_the_model_fits_the_data(trained, tmp_path
     assert not (tmp_path/'eval_metrics.json').exists()
     ev(renamed, ignore_class_names=True)                  # the explicit override evaluates
     assert (tmp_path/'eval_metrics.json').exists()
+
+
+@pytest.mark.slow
+def test_custom_dataset_folder_trains_and_evaluates(tmp_path):
+    "Any folder with a classes.json is a dataset (here 5 classes): train.ipynb takes it as `dataset`, evaluate.ipynb reads it back"
+    from semivl.run import tiny_custom_dataset
+    data = tiny_custom_dataset(tmp_path/'mydata', nclass=5, size=(50, 70), n=8)
+    out = tmp_path/'run'
+    nb = pm.execute_notebook(str(NBS/'train.ipynb'), str(tmp_path/'o.ipynb'), kernel_name='python3', progress_bar=False,
+                             parameters=dict(dataset=str(data), split=2, method='semivl', iters=2, batch_size=2,
+                                             snapshots=1, out_dir=str(out)))
+    m = json.loads((out/'metrics.json').read_text())
+    assert m['dataset'] == 'custom' and len(m['iou_per_class']) == 5 and m['iterations'] == m['total_iters'] == 2
+    assert 'mini: 5 classes at' in _outputs(nb) and 'MaskCLIP background offset' in _outputs(nb)
+    pm.execute_notebook(str(NBS/'evaluate.ipynb'), str(tmp_path/'e.ipynb'), kernel_name='python3', progress_bar=False,
+                        parameters=dict(checkpoint=str(out/'model.safetensors'), n_show=1))
+    ev = json.loads((out/'eval_metrics.json').read_text())
+    assert ev['num_images'] == 3 and abs(ev['miou'] - m['miou']) < 0.05
