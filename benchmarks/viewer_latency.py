@@ -60,7 +60,7 @@ def vitb(n: int, size: int = 512, n_images: int = 6):
     from semivl.viewer_model import segmentor_viewer_model
     torch.manual_seed(0)
     clip, _ = load_clip('ViT-B-16', tokenizer=lambda x: x)  # random weights: timing only
-    counts = [45, 3, 3, 1, 4, 4, 2, 4, 2, 3, 1, 2, 2, 4, 4, 4, 3, 1, 1, 2, 3]  # VOC concept4 (spec §4.3)
+    counts = [45, 3, 3, 1, 4, 4, 2, 4, 2, 3, 1, 2, 2, 4, 4, 4, 3, 1, 1, 2, 3]  # VOC concept4 (the official concept lists)
     c2c = torch.repeat_interleave(torch.arange(21), torch.tensor(counts))
     texts = {'single': F.normalize(torch.randn(21, 512), dim=1), 'concepts': F.normalize(torch.randn(len(c2c), 512), dim=1)}
     seg = SemiVLSegmentor(ModelCfg.preset('voc'), clip, texts['single'], texts['concepts'], c2c)

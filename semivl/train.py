@@ -45,7 +45,7 @@ def train_step(model: nn.Module,  # segmentor (or a wrapper) honouring the contr
                fp_keep_masks: list[Tensor] | None = None, # fixed FP keep masks (tests), per level (B_x+B_u, C): last rows used
                return_outputs: bool = False, # also return predictions and pseudo-labels (detached)
               ) -> dict[str, Tensor]:
-    "Losses of one iteration of `cfg.method` (spec §5.3); `out['loss']` is the total to back-propagate"
+    "Losses of one iteration of `cfg.method` (the official step); `out['loss']` is the total to back-propagate"
     if cfg.method not in METHODS: raise ValueError(f"method {cfg.method!r} is not one of {METHODS}")
     dev = next(model.parameters()).device
     to = lambda ts: [t.to(dev, non_blocking=True) for t in ts]

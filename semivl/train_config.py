@@ -58,7 +58,7 @@ class TrainCfg(Cfg):
 
     @classmethod
     def preset(cls, name: str):
-        "Headline config of dataset `name` (voc, coco, ade, cityscapes: spec §8), or the toy world's CPU schedule"
+        "Headline config of dataset `name` (voc, coco, ade, cityscapes: the official experiments 40, 42, 43, 44), or the toy world's CPU schedule"
         if name not in TRAIN_PRESETS: raise KeyError(f"unknown preset {name!r}; choose from {list(TRAIN_PRESETS)}")
         return cls().update(**TRAIN_PRESETS[name])
 

@@ -123,7 +123,7 @@ def test_trainable_params_and_groups(model128, golden):
 
 
 def test_official_checkpoint_roundtrip(model512, clip_vitb16, golden, voc_c2c):
-    "Export to the released key layout (spec §9.2), import into a fresh model, export again: identical"
+    "Export to the released key layout (the layout of the released checkpoints), import into a fresh model, export again: identical"
     sd = official_state_dict(model512)
     shapes = {k.removeprefix('module.'): tuple(v.shape) for k, v in sd.items()}
     assert shapes['backbone.pos_embed'] == (1, 1025, 768) and shapes['clip_encoder.pos_embed'] == (1, 1025, 768)

@@ -22,7 +22,7 @@ def test_aggregate_concepts_golden(golden):
 
 
 def test_class_lists_official():
-    "Counts and the quirks of the official prompt names (spec §4.3, §11.22)"
+    "Counts and the quirks of the official prompt names (as in the released .npy files)"
     voc, coco, ade, cs = (load_class_info(n) for n in ('voc', 'coco', 'ade', 'cityscapes'))
     assert len(voc['classes']) == 21 and voc['classes'][-1] == 'tvmonitor' and voc['classes'][16] == 'pottedplant'
     assert [len(c) for c in voc['concepts']] == [45, 3, 3, 1, 4, 4, 2, 4, 2, 3, 1, 2, 2, 4, 4, 4, 3, 1, 1, 2, 3]
