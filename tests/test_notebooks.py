@@ -243,3 +243,56 @@ def test_custom_dataset_folder_trains_and_evaluates(tmp_path):
                         parameters=dict(checkpoint=str(out/'model.safetensors'), n_show=1))
     ev = json.loads((out/'eval_metrics.json').read_text())
     assert ev['num_images'] == 3 and abs(ev['miou'] - m['miou']) < 0.05
+
+
+@pytest.fixture
+def small_world(tmp_path):
+    "A 30-image toy world (split 20: 20 labeled, 10 unlabeled) that a test may damage"
+    from semivl.toyworld import ensure_toyworld
+    return ensure_toyworld(tmp_path/'world', n_train=30, n_val=4, split_sizes=(20,), progress=False)
+
+
+@pytest.mark.slow
+def test_labeled_masks_that_are_all_ignore_stop_the_run_before_any_training(small_world, tmp_path):
+    "check_dataset names every all-ignore labeled mask; train.ipynb refuses to start and writes no model"
+    from PIL import Image
+    from semivl.data import read_split
+    from semivl.prepare import check_dataset
+    labeled = read_split(small_world/'splits'/'20'/'labeled.txt')
+    for _, mp in labeled: Image.new('L', Image.open(small_world/mp).size, 255).save(small_world/mp)
+    rep = check_dataset(small_world, progress=False)
+    assert sum('only ignore (255) pixels' in p for p in rep.problems) == len(labeled)
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        pm.execute_notebook(str(NBS/'train.ipynb'), str(tmp_path/'o.ipynb'), kernel_name='python3', progress_bar=False,
+                            parameters=dict(TINY, data_root=str(small_world), split=20, out_dir=str(tmp_path/'run')))
+    assert e.value.ename == 'ConfigError' and 'holds only ignore (255)' in e.value.evalue, e.value.evalue
+    assert not (tmp_path/'run'/'model.pt').exists() and not (tmp_path/'run'/'metrics.csv').exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('damage', ['rgb', 'size', 'truncated'])
+def test_a_bad_labeled_mask_is_named_before_training(small_world, tmp_path, damage):
+    "The guidance calibration reads the labeled masks through the checked loader: the bad file is named, nothing trains"
+    from PIL import Image
+    from semivl.data import read_split
+    _, mp = read_split(small_world/'splits'/'20'/'labeled.txt')[3]
+    path = small_world/mp
+    if damage == 'rgb': Image.open(path).convert('RGB').save(path)
+    elif damage == 'size': Image.open(path).resize((40, 40)).save(path)
+    else: path.write_bytes(path.read_bytes()[:60])
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        pm.execute_notebook(str(NBS/'train.ipynb'), str(tmp_path/'o.ipynb'), kernel_name='python3', progress_bar=False,
+                            parameters=dict(TINY, data_root=str(small_world), split=20, out_dir=str(tmp_path/'run')))
+    assert e.value.ename == 'DataError' and mp in e.value.evalue, (e.value.ename, e.value.evalue)
+    assert not (tmp_path/'run'/'model.pt').exists() and not (tmp_path/'run'/'metrics.csv').exists()
+
+
+@pytest.mark.slow
+def test_a_data_folder_without_classes_json_as_toy_data_root_is_refused(tmp_path):
+    "A folder of the user's own images given as the toy world's data_root: one message with the custom route; nothing written"
+    data = tmp_path/'photos'; data.mkdir(); (data/'a.jpg').write_bytes(b'not really')
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        pm.execute_notebook(str(NBS/'train.ipynb'), str(tmp_path/'o.ipynb'), kernel_name='python3', progress_bar=False,
+                            parameters=dict(TINY, data_root=str(data), out_dir=str(tmp_path/'run')))
+    assert e.value.ename == 'DataError' and 'no classes.json' in e.value.evalue and f'-p dataset {data}' in e.value.evalue
+    assert sorted(p.name for p in data.iterdir()) == ['a.jpg'] and not (tmp_path/'run').exists()
