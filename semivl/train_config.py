@@ -69,9 +69,11 @@ TRAIN_PRESETS = {
     'cityscapes': dict(lr=5e-5, backbone_lr_mult=0.1, conv_encoder_lr_mult=0.1, batch_size=8, epochs=None,
                        iters=83760, conf_mode='pixelavg', eval_mode='sliding_window', eval_crop=801,
                        eval_stride=None),
-    # the toy world on a CPU: every SemiVL setting of VOC, a short schedule (400 iterations, minutes), a higher lr and
-    # a 50-iteration warmup (without it the fresh decoder can sit on uniform logits for 100+ of the 400 iterations)
-    'toy': dict(lr=3e-4, backbone_lr_mult=0.1, batch_size=4, epochs=None, iters=400, warmup_iters=50,
+    # the toy world on a CPU: every SemiVL setting of VOC, VOC's lr, a short schedule (400 iterations of 4 + 4 images,
+    # minutes), a 50-iteration warmup and a 10x larger backbone lr multiplier for the small model. At lr 3e-4 the
+    # fresh decoder could sit on uniform logits (loss ln 11) for up to 250 of the 400 iterations: 2,000 labeled images
+    # then scored 42.9 mIoU (seed 0); at 1e-4 the same run scores 66.3 and no run stalls (README: toy results)
+    'toy': dict(lr=1e-4, backbone_lr_mult=0.1, batch_size=4, epochs=None, iters=400, warmup_iters=50,
                 eval_mode='zegclip_sliding_window', eval_crop=64, eval_stride=43, log_every=10),
 }
 
