@@ -4,12 +4,12 @@
 
 # %% ../nbs/12_sweep.ipynb #a19b9290
 from __future__ import annotations
-import argparse, csv, itertools, json, math, sys, time
+import argparse, csv, itertools, json, math, os, sys, time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['ROW_FIELDS', 'sweep_grid', 'run_one', 'run_rows', 'mean_std', 'summarize', 'markdown_table', 'class_iou_table',
-           'write_tables', 'parse_value', 'get_args_parser', 'main']
+__all__ = ['ROW_FIELDS', 'sweep_grid', 'run_one', 'run_grid', 'run_rows', 'mean_std', 'summarize', 'markdown_table',
+           'class_iou_table', 'write_tables', 'parse_value', 'get_args_parser', 'main']
 
 # %% ../nbs/12_sweep.ipynb #a4ca1344
 def sweep_grid(methods: list[str] = ('supervised', 'unimatch', 'semivl'), # training methods
@@ -54,6 +54,44 @@ def run_one(params: dict,                  # papermill parameters, with 'out_dir
     m.update(params=params, status='ok', wall_seconds=round(time.time() - t0, 1))
     metrics.write_text(json.dumps(m, indent=1))
     return m
+
+# %% ../nbs/12_sweep.ipynb #2b91eed8
+def _line(i: int, n: int, p: dict, r: dict) -> str:
+    return (f"[{i}/{n}] {p['method']} split {p['split']} seed {p['seed']}: {r['status']} mIoU {r.get('miou', float('nan')):.2f}"
+            f" ({r.get('wall_seconds', 0)} s)" + (f" {r['error']}" if r.get('error') else ''))
+
+def _failed(p: dict, e: BaseException) -> dict:
+    return dict(params=p, status='failed', error=f'{type(e).__name__}: {str(e).strip()[-300:]}')
+
+def run_grid(grid: list[dict],               # papermill parameters per run (`sweep_grid`)
+             notebook: str | Path = 'nbs/train.ipynb',
+             force: bool = False,             # re-run runs whose metrics are there
+             jobs: int = 1,                   # runs at once on this machine (worker processes)
+             executor=None,                   # a submitit executor (SLURM or local); overrides `jobs`
+             log=print,                       # called with one line per finished run
+            ) -> list[dict]:
+    "Run every parameter set of `grid`; the results come back in grid order"
+    results = [None] * len(grid)
+    if executor is not None:
+        handles = [executor.submit(run_one, p, str(Path(notebook).resolve()), force) for p in grid]
+        pending = [(k, h) for k, h in enumerate(handles)]
+    elif jobs > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context('spawn')) as pool:
+            futures = {pool.submit(run_one, p, notebook, force): k for k, p in enumerate(grid)}
+            for i, f in enumerate(as_completed(futures), 1):
+                k = futures[f]
+                try: results[k] = f.result()
+                except Exception as e: results[k] = _failed(grid[k], e)   # e.g. a worker killed by the OOM killer
+                log(_line(i, len(grid), grid[k], results[k]))
+        return results
+    else: pending = [(k, None) for k in range(len(grid))]
+    for i, (k, h) in enumerate(pending, 1):
+        try: results[k] = h.result() if h is not None else run_one(grid[k], notebook, force)
+        except Exception as e: results[k] = _failed(grid[k], e)
+        log(_line(i, len(grid), grid[k], results[k]))
+    return results
 
 # %% ../nbs/12_sweep.ipynb #71d34f20
 ROW_FIELDS = ('dataset', 'split', 'method', 'seed', 'miou', 'acc', 'iterations', 'batch_size', 'train_seconds',
@@ -149,18 +187,32 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument('-p', '--param', nargs=2, action='append', default=[], metavar=('NAME', 'VALUE'),
                    help='a notebook parameter shared by every run, e.g. -p iters 100 (repeatable)')
     p.add_argument('--force', action='store_true', help='re-run runs whose metrics.json exists')
+    p.add_argument('--jobs', type=int, default=1, help='runs at once on this machine (each gets cores/jobs threads)')
+    p.add_argument('--submitit', choices=['slurm', 'local'], default=None,
+                   help='submit every run through submitit: as SLURM jobs, or as local processes')
+    p.add_argument('--slurm-partition', default=None); p.add_argument('--slurm-time', type=int, default=60,
+                   help='minutes per run (SLURM)')
+    p.add_argument('--slurm-gpus', type=int, default=0, help='GPUs per run (SLURM)')
     return p
+
+def _executor(args):
+    "The submitit executor of `--submitit` (None without it)"
+    if args.submitit is None: return None
+    try: import submitit
+    except ImportError: raise SystemExit("--submitit needs the submitit package: pip install submitit") from None
+    folder = Path(args.out)/'submitit'
+    if args.submitit == 'local': ex = submitit.LocalExecutor(folder=folder)
+    else:
+        ex = submitit.AutoExecutor(folder=folder)
+        ex.update_parameters(slurm_partition=args.slurm_partition, gpus_per_node=args.slurm_gpus)
+    ex.update_parameters(timeout_min=args.slurm_time)
+    return ex
 
 def main(args) -> list[dict]:
     extra = {k: parse_value(v) for k, v in args.param}
+    if args.jobs > 1 and 'threads' not in extra: extra['threads'] = max(1, (os.cpu_count() or 1) // args.jobs)
     grid = sweep_grid(args.methods, [parse_value(s) for s in args.splits], args.seeds, args.dataset, args.out, extra)
-    results = []
-    for i, params in enumerate(grid, 1):
-        r = run_one(params, args.notebook, args.force)
-        results.append(r)
-        print(f"[{i}/{len(grid)}] {params['method']} split {params['split']} seed {params['seed']}: "
-              f"{r['status']} mIoU {r.get('miou', float('nan')):.2f} ({r.get('wall_seconds', 0)} s)"
-              + (f" {r['error']}" if r.get('error') else ''), flush=True)
+    results = run_grid(grid, args.notebook, args.force, args.jobs, _executor(args), log=lambda l: print(l, flush=True))
     out = Path(args.out)
     note = (f"`python -m semivl.sweep {' '.join(sys.argv[1:])}`" if sys.argv and sys.argv[0].endswith('sweep.py')
             else '') + ''.join(f' · {k}={v}' for k, v in extra.items())
