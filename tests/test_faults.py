@@ -499,3 +499,22 @@ def test_a_run_where_every_step_is_skipped_fails(tmp_path):
     lx, lu = loaders(nan=range(8))
     with pytest.warns(UserWarning, match='update skipped'), pytest.raises(NonFiniteLossError, match='all 4 training steps'):
         run(tmp_path, epochs=1, lx=lx, lu=lu)
+
+
+def test_an_out_dir_that_is_a_file_gets_one_clear_error(tmp_path):
+    "#19: a file where the run folder should be is named, with what to do; the file is left as it was"
+    from semivl.checkpoint import prepare_out_dir
+    f = tmp_path/'run'; f.write_text('notes')
+    with pytest.raises(CheckpointError, match='is a file, not a folder; choose another out_dir'): prepare_out_dir(f, False, False)
+    assert f.read_text() == 'notes'
+
+
+def test_torchscript_clip_weights_are_read_without_running_the_archive(tmp_path, monkeypatch):
+    "#19: OpenAI's TorchScript format is read by unpickling its tensors; `torch.jit.load` (which runs code) is never called"
+    from semivl.clip import read_state_dict
+    m = torch.nn.Linear(3, 2)
+    torch.jit.save(torch.jit.script(m), tmp_path/'ViT.pt')
+    def refuse(*a, **k): raise AssertionError('torch.jit.load ran the archive')
+    monkeypatch.setattr(torch.jit, 'load', refuse)
+    sd = read_state_dict(tmp_path/'ViT.pt')
+    assert sorted(sd) == ['bias', 'weight'] and torch.equal(sd['weight'], m.weight.detach())
