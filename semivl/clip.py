@@ -206,7 +206,7 @@ def run_clip(weights: str | Path | None = None, # None: the shipped tiny CLIP; a
 
 def is_tiny_clip(weights: str | Path | None) -> bool:
     "Whether `run_clip(weights)` loads a tiny CLIP: the shipped one (None) or a local-dir folder with its word vocab"
-    return weights is None or (Path(weights).expanduser().is_dir() and (Path(weights).expanduser()/'vocab.json').is_file())
+    return weights is None or (Path(weights).expanduser()/'vocab.json').is_file()   # a file has no children
 
 # %% ../nbs/04_clip.ipynb #52b7abad
 def resize_pos_embed(pos: torch.Tensor, # (1+g*g, C) or (1, 1+g*g, C), cls row first, square grid

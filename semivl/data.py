@@ -227,16 +227,18 @@ def _fake_scene(rng, h, w, nclass):
     return img.clip(0, 255).astype(np.uint8), cls[lab]
 
 def fake_dataset(root: str | Path, # folder to write into
-                 name: str = 'pascal', # 'pascal', 'coco', 'ade', 'cityscapes' or 'custom' (11 classes, with classes.json)
+                 name: str = 'pascal', # 'pascal', 'coco', 'ade', 'cityscapes' or 'custom' (with classes.json)
                  n_train: int = 8, # training images (the first quarter, at least 1, are labeled)
                  n_val: int = 2, # validation images
                  size: tuple = (48, 64), # image (h, w)
                  split: str = '1_4', # split folder name
                  seed: int = 0,
+                 class_names: list[str] | None = None, # 'custom' only: its classes (default: class0..class10)
                 ) -> Path:
     "Write a tiny dataset in the official layout of `name` with split files; returns `root`"
     root, rng = Path(root), np.random.default_rng(seed)
-    info = DATASETS.get(name, DatasetInfo('custom', 11))
+    class_names = list(class_names or [f'class{c}' for c in range(11)])
+    info = DATASETS.get(name, DatasetInfo('custom', len(class_names)))
     h, w = size
     pairs = {'train': [], 'val': []}
     for s, n in (('train', n_train), ('val', n_val)):
@@ -264,8 +266,8 @@ def fake_dataset(root: str | Path, # folder to write into
     write_split(root/'splits'/split/'unlabeled.txt', pairs['train'][nl:])
     write_split(root/'splits'/'val.txt', pairs['val'])
     if name == 'custom':
-        (root/'classes.json').write_text(json.dumps({'name': 'custom', 'classes': [f'class{c}' for c in range(11)],
-                                                     'palette': color_palette(11).tolist(), 'ignore_index': 255}))
+        (root/'classes.json').write_text(json.dumps({'name': 'custom', 'classes': class_names,
+                                                     'palette': color_palette(len(class_names)).tolist(), 'ignore_index': 255}))
     return root
 
 # %% ../nbs/03_data.ipynb #5fb10f19

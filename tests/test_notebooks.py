@@ -230,15 +230,16 @@ def test_evaluate_notebook_checks_that_the_model_fits_the_data(trained, tmp_path
 @pytest.mark.slow
 def test_custom_dataset_folder_trains_and_evaluates(tmp_path):
     "Any folder with a classes.json is a dataset (here 5 classes): train.ipynb takes it as `dataset`, evaluate.ipynb reads it back"
-    from semivl.run import tiny_custom_dataset
-    data = tiny_custom_dataset(tmp_path/'mydata', nclass=5, size=(50, 70), n=8)
+    from semivl.data import fake_dataset
+    data = fake_dataset(tmp_path/'mydata', 'custom', n_train=8, n_val=3, size=(50, 70), split='2',
+                        class_names=['background', 'cat', 'dog', 'car', 'tree'])
     out = tmp_path/'run'
     nb = pm.execute_notebook(str(NBS/'train.ipynb'), str(tmp_path/'o.ipynb'), kernel_name='python3', progress_bar=False,
                              parameters=dict(dataset=str(data), split=2, method='semivl', iters=2, batch_size=2,
                                              snapshots=1, out_dir=str(out)))
     m = json.loads((out/'metrics.json').read_text())
     assert m['dataset'] == 'custom' and len(m['iou_per_class']) == 5 and m['iterations'] == m['total_iters'] == 2
-    assert 'mini: 5 classes at' in _outputs(nb) and 'MaskCLIP background offset' in _outputs(nb)
+    assert 'custom: 5 classes at' in _outputs(nb) and 'MaskCLIP background offset' in _outputs(nb)
     pm.execute_notebook(str(NBS/'evaluate.ipynb'), str(tmp_path/'e.ipynb'), kernel_name='python3', progress_bar=False,
                         parameters=dict(checkpoint=str(out/'model.safetensors'), n_show=1))
     ev = json.loads((out/'eval_metrics.json').read_text())
