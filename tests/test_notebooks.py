@@ -46,7 +46,11 @@ def test_train_notebook_writes_final_metrics(trained, method):
     its = [int(r.split(',')[0]) for r in rows[1:]]
     assert rows[0].startswith('it,') and its == sorted(set(its)) and its[-1] == 3   # one fresh log, to the end
     n_png = sum(1 for c in nb.cells for o in c.get('outputs', []) if 'image/png' in o.get('data', {}))
-    assert n_png == 3 + 2 * SNAPSHOTS[method]     # batch grid, (curves + snapshot) per chunk, last dump, IoU bars
+    assert n_png == 4 + 2 * SNAPSHOTS[method]     # batch grid, (curves + snapshot) per chunk, last dump, IoU bars, pseudo-labels
+    pl = json.loads((out/'pseudo_labels.json').read_text())   # measured on val_limit unlabeled images, every class + objects
+    assert pl['images'] == 6 and pl['thresholds'] == {'student': 0.95, 'guidance': 0.9} and len(pl['rows']) == 12
+    assert pl['rows'][-1]['class'] == 'objects' and 0 <= pl['rows'][-1]['guidance coverage'] <= 100
+    assert "guidance labels (conf >= 0.9): cover" in _outputs(nb)
     chunk = -(-3 // SNAPSHOTS[method])                                  # debug dumps every chunk length
     assert sorted(p.name for p in (out/'debug').glob('it*.npz')) == [f'it{i:06d}.npz' for i in range(chunk, 4, chunk)]
     if method == 'semivl': assert 'train/loss_mc_fp' in rows[0]
