@@ -33,10 +33,8 @@ def maskclip_probs(emb: torch.Tensor,   # (B,D,h,w) L2-normalised dense CLIP emb
                    bias: torch.Tensor | None = None, # (N,) per-class offset of the cosine logits (`guidance_bias`)
                   ) -> torch.Tensor:
     "(B,N,H,W) MaskCLIP class probabilities: softmax(temperature · upsampled (cosine logits + bias))"
-    from semivl.text import aggregate_concepts
-    logits = torch.einsum('bdhw,kd->bkhw', emb.float(), text.float().to(emb.device))
-    if concept_to_class is not None: logits = aggregate_concepts(logits, torch.as_tensor(concept_to_class))
-    if bias is not None: logits = logits + torch.as_tensor(bias).float().to(emb.device).view(1, -1, 1, 1)
+    from semivl.text import maskclip_scores
+    logits = maskclip_scores(emb.float(), text, concept_to_class, bias=bias)
     logits = F.interpolate(logits, size=tuple(size), mode='bilinear', align_corners=False)
     return (temperature * logits).softmax(1)
 
