@@ -131,16 +131,18 @@ def toy_segmentor(checkpoint: str | Path | None = None, # training checkpoint (d
                  ):
     "`(segmentor, texts, concept_to_class)`: the 'toy' SemiVL model on the tiny CLIP, and all its text sources"
     # as `semivl.text.dataset_text` builds it for training: class names for the decoder, the prompts for MaskCLIP
+    from semivl.checkpoint import load_checkpoint
+    from semivl.run_eval import checkpoint_configs
     from semivl.segmentor import ModelCfg, SemiVLSegmentor
     if info is None:
         from semivl.toyworld import ensure_toyworld
         info = json.loads((ensure_toyworld()/'classes.json').read_text())
     clip, tok = _toy_clip()
     texts, c2c = clip_texts(clip, tok, info)
-    with _seeded(0): seg = SemiVLSegmentor(ModelCfg.preset('toy'), clip, texts['single'], texts.get('prompts'))
-    if checkpoint is not None:
-        from semivl.checkpoint import load_checkpoint
-        ck = load_checkpoint(checkpoint)
+    ck = None if checkpoint is None else load_checkpoint(checkpoint)
+    mcfg = ModelCfg.preset('toy') if ck is None else checkpoint_configs(ck, 'toy')[0]   # as `prepare_evaluation` reads it
+    with _seeded(0): seg = SemiVLSegmentor(mcfg, clip, texts['single'], texts.get('prompts'))
+    if ck is not None:
         try: seg.load_state_dict(ck.get('model', ck))     # (weights from before `guidance_bias` load with zeros)
         except RuntimeError as e: raise KeyError(f"{checkpoint} does not fit the toy model: {e}") from None
     return seg.eval(), texts, c2c
