@@ -19,8 +19,8 @@ from .core import refused_global
 # %% auto #0
 __all__ = ['CHECKPOINT_NAMES', 'resolve_weights', 'read_state_dict', 'is_torchscript_archive', 'read_torchscript_tensors',
            'pretrained_tag_of', 'load_clip', 'run_clip', 'is_tiny_clip', 'resize_pos_embed', 'value_path',
-           'block_forward', 'ClipBackbone', 'clone_visual', 'frozen_clip_encoder', 'official_to_visual',
-           'visual_to_official', 'load_official_backbone']
+           'block_forward', 'ClipBackbone', 'clone_visual', 'frozen_clip_encoder', 'zoomed_dense_embedding',
+           'official_to_visual', 'visual_to_official', 'load_official_backbone']
 
 # %% ../nbs/04_clip.ipynb #1fd9cfa3
 _OPENAI_EXTRA_KEYS = ('input_resolution', 'context_length', 'vocab_size')
@@ -346,19 +346,26 @@ class ClipBackbone(nn.Module):
                 with_global: bool = True, # False: skip what only the (unused in training) global embedding needs
                ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
         "`((v_k for k in skip_blocks)..., E), global_embed`: NCHW value-path maps, L2-normalised dense and global embeddings"
-        x, hw = self._embed(img)
-        feats, v, x = (self._blocks_fused if self.fused else self._blocks_reference)(x, hw, with_global)
-        proj = self.visual.proj
-        dense = self._to_map(self.visual.ln_post(v) @ proj, hw)        # (B, D, h, w)
+        feats, dense, x = self._run(img, with_global)
         dense = dense / dense.norm(dim=1, keepdim=True)
         if not with_global: return (*feats, dense), None
         x = self.visual.ln_post(x)
-        glob = (x[:, 0] if self.visual.pool_type == 'tok' else x[:, 1:].mean(1)) @ proj  # as the tower's own pooling
+        glob = (x[:, 0] if self.visual.pool_type == 'tok' else x[:, 1:].mean(1)) @ self.visual.proj  # the tower's pooling
         return (*feats, dense), glob / glob.norm(dim=-1, keepdim=True)
 
-    def dense_embedding(self, img: torch.Tensor) -> torch.Tensor:
-        "Only the L2-normalised dense CLIP embedding E (B, D, h, w)"
-        return self(img, with_global=False)[0][-1]
+    def _run(self, img, with_global):
+        "(skip features, dense embedding (B, D, h, w) before normalising, last block's tokens)"
+        x, hw = self._embed(img)
+        feats, v, x = (self._blocks_fused if self.fused else self._blocks_reference)(x, hw, with_global)
+        return feats, self._to_map(self.visual.ln_post(v) @ self.visual.proj, hw), x
+
+    def dense_embedding(self, img: torch.Tensor,
+                        with_norm: bool = False, # also return the token norms (B, h, w) before normalising
+                       ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        "Only the L2-normalised dense CLIP embedding E (B, D, h, w) (and the token norms)"
+        _, dense, _ = self._run(img, False)
+        n = dense.norm(dim=1, keepdim=True)
+        return (dense / n, n[:, 0]) if with_norm else dense / n
 
     def lock(self, trainable: tuple = ('attn', 'positional_embedding'), # name substrings kept trainable
             ) -> 'ClipBackbone':
@@ -385,6 +392,33 @@ def frozen_clip_encoder(visual: nn.Module, # the original tower (its pos-embed s
     "A frozen, eval-mode `ClipBackbone` (no skip features) for MaskCLIP pseudo-labels"
     enc = ClipBackbone(clone_visual(visual, share_frozen), img_size=img_size, skip_blocks=(), **kw)
     return enc.requires_grad_(False).eval()
+
+# %% ../nbs/04_clip.ipynb #c3f1d9e4
+@torch.no_grad()
+def zoomed_dense_embedding(enc: ClipBackbone, # the frozen read-out encoder (`frozen_clip_encoder`)
+                           x: torch.Tensor,   # (B, 3, H, W) normalised as the tower expects
+                           zoom: int = 1,     # 1: one pass over the image; >1: windows of the upsampled image
+                           stride: int = 32,  # window stride in zoomed pixels (a multiple of the patch) when zoom > 1
+                           window: int | None = None, # window side (a multiple of the patch); None: `enc.img_size`
+                           with_norm: bool = False,   # also the token norms (B, h, w) before normalising
+                          ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    "L2-normalised dense embedding (B, D, h, w) of `x` read at `zoom`: normalised window tokens averaged per grid cell"
+    if zoom == 1: return enc.dense_embedding(x, with_norm)
+    p, win = enc.patch, window or enc.img_size
+    assert stride % p == 0 and win % p == 0, f"window stride {stride} and window {win} must be multiples of {p}"
+    size = [max(win, -(-s * zoom // p) * p) for s in x.shape[-2:]]
+    X = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
+    offs = [sorted({*range(0, s - win + 1, stride), s - win}) for s in size]
+    wins = [(oy, ox) for oy in offs[0] for ox in offs[1]]
+    out = enc.dense_embedding(torch.cat([X[..., oy:oy + win, ox:ox + win] for oy, ox in wins]), with_norm)
+    E, N = out if with_norm else (out, None)
+    acc, cnt = E.new_zeros(len(x), E.shape[1], size[0] // p, size[1] // p), E.new_zeros(size[0] // p, size[1] // p)
+    nrm, g = E.new_zeros(len(x), *cnt.shape), win // p
+    for i, ((oy, ox), e) in enumerate(zip(wins, E.split(len(x)))):
+        acc[..., oy // p:oy // p + g, ox // p:ox // p + g] += e; cnt[oy // p:oy // p + g, ox // p:ox // p + g] += 1
+        if with_norm: nrm[..., oy // p:oy // p + g, ox // p:ox // p + g] += N[i * len(x):(i + 1) * len(x)]
+    E = F.normalize(acc / cnt, dim=1)
+    return (E, nrm / cnt) if with_norm else E
 
 # %% ../nbs/04_clip.ipynb #b62a2d9d
 _BLOCK_RENAMES = [('ln1.', 'ln_1.'), ('ln2.', 'ln_2.'), ('attn.attn.', 'attn.'),

@@ -22,7 +22,8 @@ from .text import dataset_text
 from .train_config import TRAIN_PRESETS, TrainCfg
 
 # %% auto #0
-__all__ = ['check_model_fits', 'EvalRun', 'prepare_evaluation', 'evaluate_checkpoint', 'save_evaluation', 'plot_best_worst']
+__all__ = ['check_model_fits', 'EvalRun', 'checkpoint_configs', 'prepare_evaluation', 'evaluate_checkpoint', 'save_evaluation',
+           'plot_best_worst']
 
 # %% ../nbs/13_run_eval.ipynb #98c06184
 def check_model_fits(checkpoint: Path, num_classes: int, # the checkpoint and its class count
@@ -56,8 +57,8 @@ class EvalRun:
     @property
     def class_names(self) -> list[str]: return list(self.spec.classes['classes'])
 
-def _eval_configs(ck: dict, preset: str) -> tuple[ModelCfg, TrainCfg]:
-    "The checkpoint's configs, or the dataset preset's for a bare (official) checkpoint"
+def checkpoint_configs(ck: dict, preset: str) -> tuple[ModelCfg, TrainCfg]:
+    "The configs a loaded checkpoint was trained with, or the dataset preset's for a bare (official) checkpoint"
     mcfg = ModelCfg.from_dict(ck['model_cfg']) if 'model_cfg' in ck else ModelCfg.preset(preset)
     if 'train_cfg' in ck or 'config' in ck: tcfg = TrainCfg.from_dict(ck.get('train_cfg') or ck['config'])
     else: tcfg = TrainCfg.preset(preset) if preset in TRAIN_PRESETS else TrainCfg().update(eval_crop=64, eval_stride=43)
@@ -78,7 +79,7 @@ def prepare_evaluation(checkpoint, dataset=None, val: str = 'val', data_root=Non
     official = not any(k.removeprefix('module.').startswith('backbone.visual.') for k in sd)   # mmseg key names
     spec = resolve_dataset(dataset or ck.get('dataset', 'toy'), _recorded_root(ck, data_root))
     clip_weights = clip_weights or ck.get('clip_weights')
-    mcfg, tcfg = _eval_configs(ck, spec.preset(is_tiny_clip(clip_weights)))
+    mcfg, tcfg = checkpoint_configs(ck, spec.preset(is_tiny_clip(clip_weights)))
     check_model_fits(checkpoint, mcfg.num_classes, ck.get('class_names'), spec, ignore_class_names)
     val_file = val_split_file(spec.root, val)                    # a typo stops here, listing the split files
     val_set = first_n(SemiDataset(spec.root, 'val', val_file, info=spec.info), val_limit)

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 
 from .core import Cfg, IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, CLIP_MEAN, CLIP_STD
 from .clip import (ClipBackbone, frozen_clip_encoder, load_official_backbone, read_state_dict,
-                         visual_to_official)
+                         visual_to_official, zoomed_dense_embedding)
 from .decoder import VLGHead, ConvSkipEncoder
-from .text import aggregate_concepts
+from .text import maskclip_scores
 
 # %% auto #0
 __all__ = ['ModelCfg', 'labels_from_logits', 'SemiVLSegmentor', 'fit_guidance_bg_bias', 'official_state_dict',
@@ -171,30 +171,14 @@ class SemiVLSegmentor(nn.Module):
     def guidance_embedding(self, img: torch.Tensor, # (B, 3, H, W) ImageNet-normalised
                           ) -> torch.Tensor:
         "The frozen CLIP's L2-normalised dense embedding (B, D, h, w) that MaskCLIP scores (zoomed windows if `guidance_zoom` > 1)"
-        x, enc, z = self.vit_input(img), self.clip_encoder, self.cfg.guidance_zoom
-        if z == 1: return enc.dense_embedding(x)
-        # zoom in, cut clip_img_size windows on the token grid, average their normalised tokens per grid cell
-        p, win, stride = enc.patch, self.cfg.clip_img_size, self.cfg.guidance_stride
-        assert stride % p == 0 and win % p == 0, f"guidance_stride {stride} and window {win} must be multiples of {p}"
-        size = [max(win, -(-s * z // p) * p) for s in x.shape[-2:]]
-        X = F.interpolate(x, size=size, mode='bilinear', align_corners=False)
-        offs = [sorted({*range(0, s - win + 1, stride), s - win}) for s in size]
-        wins = [(oy, ox) for oy in offs[0] for ox in offs[1]]
-        E = enc.dense_embedding(torch.cat([X[..., oy:oy + win, ox:ox + win] for oy, ox in wins]))
-        acc, cnt = E.new_zeros(len(x), E.shape[1], size[0] // p, size[1] // p), E.new_zeros(size[0] // p, size[1] // p)
-        g = win // p
-        for (oy, ox), e in zip(wins, E.split(len(x))):
-            acc[..., oy // p:oy // p + g, ox // p:ox // p + g] += e; cnt[oy // p:oy // p + g, ox // p:ox // p + g] += 1
-        return F.normalize(acc / cnt, dim=1)
+        c = self.cfg
+        return zoomed_dense_embedding(self.clip_encoder, self.vit_input(img), c.guidance_zoom, c.guidance_stride, c.clip_img_size)
 
     @torch.no_grad()
     def maskclip_logits(self, img: torch.Tensor) -> torch.Tensor:
         "Zero-shot MaskCLIP class scores (B, N, h, w) at patch resolution: cosine similarities, concepts max-aggregated"
-        E = self.guidance_embedding(img)
-        logits = F.conv2d(E, self.guidance_text[:, :, None, None])     # text rows used as they are (no re-normalising)
-        if self.concept_to_class is not None:
-            logits = aggregate_concepts(logits, self.concept_to_class, self.cfg.num_classes)
-        return logits + self.guidance_bias.view(1, -1, 1, 1)
+        return maskclip_scores(self.guidance_embedding(img), self.guidance_text, self.concept_to_class,
+                               self.cfg.num_classes, self.guidance_bias)
 
     @torch.no_grad()
     def maskclip_pseudo_label(self, img: torch.Tensor, # (B, 3, H, W)

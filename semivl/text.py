@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from .core import assets_dir, cache_dir
 
 # %% auto #0
-__all__ = ['OFFICIAL_TEMPLATE', 'TEXT_PLAN', 'load_class_info', 'flatten_concepts', 'aggregate_concepts', 'encode_prompts',
-           'text_fingerprint', 'class_embeddings', 'load_official_text', 'dataset_text']
+__all__ = ['OFFICIAL_TEMPLATE', 'TEXT_PLAN', 'load_class_info', 'flatten_concepts', 'aggregate_concepts', 'maskclip_scores',
+           'encode_prompts', 'text_fingerprint', 'class_embeddings', 'load_official_text', 'dataset_text']
 
 # %% ../nbs/05_text.ipynb #ac9bea20
 def load_class_info(name: str | Path, # 'voc', 'coco', 'ade', 'cityscapes', or a path to a classes JSON file
@@ -48,6 +48,18 @@ def aggregate_concepts(logits: torch.Tensor, # (B, K, H, W) per-concept scores
     idx = concept_to_class.to(logits.device).view(1, K, *([1] * (logits.dim() - 2))).expand_as(logits)
     out = logits.new_full((B, N, *logits.shape[2:]), float('-inf'))
     return out.scatter_reduce(1, idx, logits, reduce='amax', include_self=True)
+
+# %% ../nbs/05_text.ipynb #f2b9d6a8
+def maskclip_scores(emb: torch.Tensor,  # (B, D, h, w) L2-normalised dense CLIP embedding
+                    text: torch.Tensor, # (K, D) text embeddings
+                    concept_to_class: torch.Tensor | None = None, # (K,) class of each row, when the rows are concepts
+                    num_classes: int | None = None, # N; default max of `concept_to_class` + 1
+                    bias: torch.Tensor | None = None, # (N,) per-class offset added to the cosines
+                   ) -> torch.Tensor:
+    "MaskCLIP class scores (B, N, h, w): cosines of the tokens with the text rows, max over a class's concepts, + `bias`"
+    logits = F.conv2d(emb, text.to(emb)[:, :, None, None])
+    if concept_to_class is not None: logits = aggregate_concepts(logits, torch.as_tensor(concept_to_class), num_classes)
+    return logits if bias is None else logits + torch.as_tensor(bias).to(logits).view(1, -1, 1, 1)
 
 # %% ../nbs/05_text.ipynb #0587e22c
 @torch.no_grad()

@@ -12,12 +12,14 @@ import open_clip
 import torch
 import torch.nn.functional as F
 
+from .clip import ClipBackbone, frozen_clip_encoder, zoomed_dense_embedding
 from .core import CLIP_MEAN, CLIP_STD, assets_dir
+from .text import maskclip_scores
 from .toyworld import COLOURS, CLIP_SIZE, TEXTURES
 
 # %% auto #0
 __all__ = ['toy_vocab', 'WordTokenizer', 'toy_clip_config', 'create_toy_clip', 'to_clip_input', 'class_text_features',
-           'save_toy_clip', 'toy_clip_dir', 'load_toy_clip', 'toy_patch_tokens', 'toy_dense_maps',
+           'save_toy_clip', 'toy_clip_dir', 'load_toy_clip', 'toy_dense_encoder', 'toy_dense_maps',
            'fit_background_threshold', 'fit_background_bias', 'toy_dense_logits']
 
 # %% ../nbs/02_toyclip.ipynb #996011cc
@@ -112,56 +114,25 @@ def load_toy_clip(folder: str | Path | None = None, # a local-dir model folder; 
     return load_clip(cfg, folder/'open_clip_model.safetensors', tokenizer=tok, verbose=False)
 
 # %% ../nbs/02_toyclip.ipynb #963f2e84
-@torch.no_grad()
-def toy_patch_tokens(model: open_clip.CLIP, # the tiny CLIP (any open_clip ViT CLIP works)
-                     x: torch.Tensor,         # (B, 3, H, W) CLIP-normalised, H and W multiples of the patch
-                     mlp: bool = False,       # True: the official MaskCLIP read-out (value path + MLP)
-                     ) -> torch.Tensor:
-    "Projected, unnormalised dense tokens (B, E, H/p, W/p) from the value path + residual (no MLP) of the last block"
-    from semivl.clip import value_path
-    vis = model.visual
-    t = vis._embeds(x)  # (B, 1+h*w, C): patchify, cls, pos-embed, ln_pre
-    blocks = vis.transformer.resblocks
-    for blk in blocks[:-1]: t = blk(t)
-    t = vis.ln_post(value_path(blocks[-1], t, mlp=mlp)) @ vis.proj  # (B, 1+h*w, E)
-    h, w = x.shape[-2] // vis.patch_size[0], x.shape[-1] // vis.patch_size[1]
-    return t[:, 1:].transpose(1, 2).reshape(len(x), -1, h, w)
+def toy_dense_encoder(model: open_clip.CLIP, # the tiny CLIP (any open_clip ViT CLIP works)
+                      mlp: bool = False,     # True: the official MaskCLIP read-out (value path + MLP)
+                     ) -> ClipBackbone:
+    "A frozen dense read-out copy of `model`'s image tower as the toy preset's guidance: value path + residual, open_clip numerics"
+    return frozen_clip_encoder(model.visual, model.visual.image_size[0], share_frozen=False, numerics='clip_native',
+                               dense_readout='maskclip' if mlp else 'value_residual')
 
 @torch.no_grad()
 def toy_dense_maps(model: open_clip.CLIP,
                    x: torch.Tensor,          # (B, 3, H, W) CLIP-normalised
                    text_emb: torch.Tensor,   # (K, E) L2-normalised class text embeddings
-                   shifts: tuple[int, ...] = (0, 4), # zoom 1: pixel offsets; every (dy, dx) pair is averaged
-                   mlp: bool = False,        # passed to `toy_patch_tokens`
+                   mlp: bool = False,        # passed to `toy_dense_encoder`
                    zoom: int = 2,            # >1: read out zoomed-in 64x64 windows of the upsampled image
                    stride: int = 16,         # window stride (pixels of the zoomed image) when zoom > 1
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    "Per-pixel cosine to each class (B, K, H, W) and token norm (B, H, W), averaged over shifts or windows"
-    B, _, H, W = x.shape
-    up = lambda t, size: F.interpolate(t, size=size, mode='bilinear', align_corners=False)
-    if zoom > 1:  # the model saw textures mostly at 1.5-4x zoom (object crops): read it out at that scale
-        X = up(x, (H * zoom, W * zoom)); S, (h, w) = X.shape[-2:], x.shape[-2:]
-        cos = x.new_zeros(B, len(text_emb), *S); norm = x.new_zeros(B, 1, *S); cnt = x.new_zeros(1, 1, *S)
-        ys, xs = range(0, S[0] - H + 1, stride), range(0, S[1] - W + 1, stride)
-        for oy in ys:
-            for ox in xs:
-                tok = toy_patch_tokens(model, X[..., oy:oy + H, ox:ox + W], mlp)   # (B, E, h', w')
-                n = tok.norm(dim=1, keepdim=True)
-                cos[..., oy:oy + H, ox:ox + W] += up(torch.einsum('behw,ke->bkhw', tok / n, text_emb), (H, W))
-                norm[..., oy:oy + H, ox:ox + W] += up(n, (H, W)); cnt[..., oy:oy + H, ox:ox + W] += 1
-        cnt = cnt.clamp(min=1)
-        return up(cos / cnt, (H, W)), up(norm / cnt, (H, W))[:, 0]
-    m = max(shifts)
-    pad = F.pad(x, (m, m, m, m), mode='replicate')
-    cos = x.new_zeros(B, len(text_emb), H + 2 * m, W + 2 * m); norm = x.new_zeros(B, 1, H + 2 * m, W + 2 * m)
-    for dy in shifts:
-        for dx in shifts:
-            tok = toy_patch_tokens(model, pad[..., dy:dy + H, dx:dx + W], mlp)  # (B, E, h, w)
-            n = tok.norm(dim=1, keepdim=True)
-            cos[..., dy:dy + H, dx:dx + W] += up(torch.einsum('behw,ke->bkhw', tok / n, text_emb), (H, W))
-            norm[..., dy:dy + H, dx:dx + W] += up(n, (H, W))
-    k = len(shifts) ** 2
-    return cos[..., m:m + H, m:m + W] / k, norm[:, 0, m:m + H, m:m + W] / k
+    "Per-pixel cosine to each class (B, K, H, W) and token norm (B, H, W): `zoomed_dense_embedding`, upsampled"
+    E, norm = zoomed_dense_embedding(toy_dense_encoder(model, mlp), x, zoom, stride, with_norm=True)
+    up = lambda t: F.interpolate(t, size=x.shape[-2:], mode='bilinear', align_corners=False)
+    return up(maskclip_scores(E, text_emb)), up(norm[:, None])[:, 0]
 
 # %% ../nbs/02_toyclip.ipynb #f9afc23f
 def fit_background_threshold(norms: torch.Tensor,  # (N, H, W) token norms from `toy_dense_maps`
@@ -207,14 +178,13 @@ def toy_dense_logits(model: open_clip.CLIP,
                      bg_below: bool = True,   # background where the norm is below the threshold (else above)
                      bg_bias: float | None = None, # if given: background = its prompt's cosine + this bias (`fit_background_bias`)
                      bg_index: int = 0,       # the background class (its text embedding is not used)
-                     shifts: tuple[int, ...] = (0, 4),
                      zoom: int = 2, stride: int = 16, # see `toy_dense_maps`
                      scale: float = 100.,     # logit scale applied to cosines (CLIP's 100)
                      mlp: bool = False,       # True: official MaskCLIP read-out instead (worse on the tiny CLIP)
                      ) -> torch.Tensor:
     "Zero-shot logits (B, K, H, W): classes by cosine; background by its prompt (+ bias) or by the token norm"
     x = images if torch.is_tensor(images) and images.is_floating_point() and images.shape[1] == 3 else to_clip_input(images)
-    cos, norm = toy_dense_maps(model, x, text_emb, shifts, mlp, zoom, stride)
+    cos, norm = toy_dense_maps(model, x, text_emb, mlp, zoom, stride)
     logits = scale * cos
     if bg_bias is not None or bg_threshold is None:
         logits[:, bg_index] += scale * (bg_bias or 0.)

@@ -237,7 +237,6 @@ def dense_zero_shot_eval(model, tokenizer,
                          root: str | Path,                          # toy world folder
                          labeled: str = 'splits/20/labeled.txt',    # split used to fit the background threshold
                          val: str = 'splits/val.txt',
-                         shifts: tuple[int, ...] = (0, 4),
                          batch_size: int = 100,
                          mlp: bool = False,   # True: score the official MaskCLIP read-out instead
                          zoom: int = 2, stride: int = 16,
@@ -251,7 +250,7 @@ def dense_zero_shot_eval(model, tokenizer,
     if background == 'prompt':  # the corpus's caption of empty scenes is the background prompt
         txt[0] = class_text_features(model, tokenizer, ['a photo of an empty background.'], '{}')[0]
     lx, ly = load_split(root, labeled)
-    maps = [toy_dense_maps(model, to_clip_input(lx[i:i + batch_size]), txt, shifts, mlp, zoom, stride)
+    maps = [toy_dense_maps(model, to_clip_input(lx[i:i + batch_size]), txt, mlp, zoom, stride)
             for i in range(0, len(lx), batch_size)]
     thr, below, bias = None, True, None
     if background == 'prompt': bias = fit_background_bias(torch.cat([c for c, _ in maps]), ly)
@@ -259,12 +258,12 @@ def dense_zero_shot_eval(model, tokenizer,
     vx, vy = load_split(root, val)
     cm = ConfusionMatrix(len(CLASSES))
     for i in range(0, len(vx), batch_size):
-        pred = toy_dense_logits(model, vx[i:i + batch_size], txt, thr, below, bias, shifts=shifts, mlp=mlp,
+        pred = toy_dense_logits(model, vx[i:i + batch_size], txt, thr, below, bias, mlp=mlp,
                                 zoom=zoom, stride=stride).argmax(1)
         cm.update(pred, torch.from_numpy(vy[i:i + batch_size]))
     r = cm.compute()
     return dict(miou=r['miou'] / 100, iou={c: v / 100 for c, v in zip(CLASSES, r['iou'])}, background=background,
-                bg_bias=bias, bg_threshold=thr, bg_below=below, shifts=list(shifts), zoom=zoom, stride=stride,
+                bg_bias=bias, bg_threshold=thr, bg_below=below, zoom=zoom, stride=stride,
                 labeled=labeled, mlp=mlp)
 
 # %% ../nbs/02_toyclip_pretrain.ipynb #de8c9f6f

@@ -33,10 +33,8 @@ def maskclip_probs(emb: torch.Tensor,   # (B,D,h,w) L2-normalised dense CLIP emb
                    bias: torch.Tensor | None = None, # (N,) per-class offset of the cosine logits (`guidance_bias`)
                   ) -> torch.Tensor:
     "(B,N,H,W) MaskCLIP class probabilities: softmax(temperature · upsampled (cosine logits + bias))"
-    from semivl.text import aggregate_concepts
-    logits = torch.einsum('bdhw,kd->bkhw', emb.float(), text.float().to(emb.device))
-    if concept_to_class is not None: logits = aggregate_concepts(logits, torch.as_tensor(concept_to_class))
-    if bias is not None: logits = logits + torch.as_tensor(bias).float().to(emb.device).view(1, -1, 1, 1)
+    from semivl.text import maskclip_scores
+    logits = maskclip_scores(emb.float(), text, concept_to_class, bias=bias)
     logits = F.interpolate(logits, size=tuple(size), mode='bilinear', align_corners=False)
     return (temperature * logits).softmax(1)
 
@@ -133,16 +131,18 @@ def toy_segmentor(checkpoint: str | Path | None = None, # training checkpoint (d
                  ):
     "`(segmentor, texts, concept_to_class)`: the 'toy' SemiVL model on the tiny CLIP, and all its text sources"
     # as `semivl.text.dataset_text` builds it for training: class names for the decoder, the prompts for MaskCLIP
+    from semivl.checkpoint import load_checkpoint
+    from semivl.run_eval import checkpoint_configs
     from semivl.segmentor import ModelCfg, SemiVLSegmentor
     if info is None:
         from semivl.toyworld import ensure_toyworld
         info = json.loads((ensure_toyworld()/'classes.json').read_text())
     clip, tok = _toy_clip()
     texts, c2c = clip_texts(clip, tok, info)
-    with _seeded(0): seg = SemiVLSegmentor(ModelCfg.preset('toy'), clip, texts['single'], texts.get('prompts'))
-    if checkpoint is not None:
-        from semivl.checkpoint import load_checkpoint
-        ck = load_checkpoint(checkpoint)
+    ck = None if checkpoint is None else load_checkpoint(checkpoint)
+    mcfg = ModelCfg.preset('toy') if ck is None else checkpoint_configs(ck, 'toy')[0]   # as `prepare_evaluation` reads it
+    with _seeded(0): seg = SemiVLSegmentor(mcfg, clip, texts['single'], texts.get('prompts'))
+    if ck is not None:
         try: seg.load_state_dict(ck.get('model', ck))     # (weights from before `guidance_bias` load with zeros)
         except RuntimeError as e: raise KeyError(f"{checkpoint} does not fit the toy model: {e}") from None
     return seg.eval(), texts, c2c

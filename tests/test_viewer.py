@@ -277,3 +277,18 @@ def test_live_ranking_orders_by_the_statistic_and_reuses_its_pass(viewer):
     assert viewer._live is first and all(vals[i] >= np.nanmedian(vals) for i in viewer.order)
     viewer.thresh.value = 0.5                                  # another threshold: a new pass
     viewer.sort_values('live: student = MaskCLIP'); assert viewer._live is not first
+
+
+def test_toy_segmentor_builds_the_model_a_checkpoint_describes(tmp_path):
+    "A checkpoint's own model settings (zoomed guidance, a narrower head) are rebuilt, as evaluation reads them"
+    from semivl.segmentor import ModelCfg, SemiVLSegmentor
+    from semivl.viewer_model import _toy_clip, toy_segmentor
+    _, texts, _ = toy_segmentor()
+    cfg = ModelCfg.preset('toy').update(guidance_zoom=2, guidance_stride=16, channels=32, text_channels=32)
+    seg = SemiVLSegmentor(cfg, _toy_clip()[0], texts['single'], texts['prompts']).eval()
+    torch.save({'model': seg.state_dict(), 'model_cfg': cfg.to_dict()}, tmp_path/'run.pth')
+    got, _, _ = toy_segmentor(tmp_path/'run.pth')
+    assert (got.cfg.guidance_zoom, got.cfg.channels) == (2, 32)
+    img = torch.randn(1, 3, 64, 64)
+    with torch.no_grad(): torch.testing.assert_close(got(img), seg(img))
+    torch.testing.assert_close(got.maskclip_logits(img), seg.maskclip_logits(img))
