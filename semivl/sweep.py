@@ -8,8 +8,9 @@ import argparse, csv, itertools, json, math, os, sys, time
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['ROW_FIELDS', 'sweep_grid', 'run_one', 'run_grid', 'run_rows', 'mean_std', 'summarize', 'markdown_table',
-           'class_iou_table', 'write_tables', 'parse_value', 'get_args_parser', 'main']
+__all__ = ['PSEUDO_NOTE', 'ROW_FIELDS', 'sweep_grid', 'run_one', 'run_grid', 'run_rows', 'mean_std', 'summarize',
+           'markdown_table', 'class_iou_table', 'pseudo_label_table', 'write_tables', 'parse_value', 'get_args_parser',
+           'main']
 
 # %% ../nbs/12_sweep.ipynb #a4ca1344
 def sweep_grid(methods: list[str] = ('supervised', 'unimatch', 'semivl'), # training methods
@@ -52,6 +53,8 @@ def run_one(params: dict,                  # papermill parameters, with 'out_dir
                     wall_seconds=round(time.time() - t0, 1))
     m = json.loads(metrics.read_text())
     m.update(params=params, status='ok', wall_seconds=round(time.time() - t0, 1))
+    if (out/'pseudo_labels.json').exists():   # train.ipynb's pseudo-label check: keep its all-objects row
+        m['pseudo_labels'] = json.loads((out/'pseudo_labels.json').read_text())['rows'][-1]
     metrics.write_text(json.dumps(m, indent=1))
     return m
 
@@ -94,6 +97,9 @@ def run_grid(grid: list[dict],               # papermill parameters per run (`sw
     return results
 
 # %% ../nbs/12_sweep.ipynb #71d34f20
+PSEUDO_NOTE = ('Measured by train.ipynb after training on its first 200 unlabeled images (`semivl.pseudo_labels`): '
+               'the share of object pixels each labeller keeps at its training threshold (coverage) and the share '
+               'of kept labels that are right (precision).')
 ROW_FIELDS = ('dataset', 'split', 'method', 'seed', 'miou', 'acc', 'iterations', 'batch_size', 'train_seconds',
               'wall_seconds', 'status')
 
@@ -142,6 +148,17 @@ def class_iou_table(results: list[dict]) -> str:
             for (s, m), v in groups.items()]
     return markdown_table(rows, ['split', 'method', 'n'] + classes, {c: (lambda v: f'{float(v):.1f}') for c in classes})
 
+def pseudo_label_table(results: list[dict]) -> str:
+    "Markdown table: per (split, method), the object pixels' pseudo-label coverage and precision, averaged over runs"
+    groups = {}
+    for r in results:
+        if r.get('status') in ('ok', 'cached') and r.get('pseudo_labels'):
+            groups.setdefault((str(r.get('split', '')), r.get('method', '')), []).append(r['pseudo_labels'])
+    if not groups: return ''
+    cols = [c for c in next(iter(groups.values()))[0] if c != 'class']
+    rows = [dict(split=s, method=m, n=len(v), **{c: sum(x[c] for x in v) / len(v) for c in cols}) for (s, m), v in groups.items()]
+    return markdown_table(rows, ['split', 'method', 'n'] + cols, {c: (lambda v: f'{float(v):.1f}') for c in cols})
+
 def write_tables(rows: list[dict],       # from `run_rows`
                  csv_path: str | Path,   # one row per run
                  md_path: str | Path | None = None, # summary + runs as markdown
@@ -157,7 +174,9 @@ def write_tables(rows: list[dict],       # from `run_rows`
     f1 = lambda v: f'{float(v):.1f}'
     md = '\n\n'.join([f'## {title}', note,
                       markdown_table(summary, ['dataset', 'split', 'method', 'n', 'miou']).replace('| miou |', '| mIoU (mean ± std) |'),
-                      *(['### Per-class IoU (mean over seeds)', class_iou_table(results)] if results else []),
+                      *(['### Per-class IoU (mean over seeds)', ci] if results and (ci := class_iou_table(results)) else []),
+                      *(['### Pseudo-labels of the object classes (%, mean over seeds)', PSEUDO_NOTE, pl]
+                        if results and (pl := pseudo_label_table(results)) else []),
                       '### Runs',
                       markdown_table(rows, list(ROW_FIELDS), dict(miou=f1, acc=f1, train_seconds=f1, wall_seconds=f1))]) + '\n'
     if md_path is not None:
