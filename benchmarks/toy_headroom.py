@@ -132,9 +132,9 @@ def main():
     g = SemiVLSegmentor(ModelCfg.preset('toy'), clip, **text).eval()
     x, y = load_split(root, f'splits/{a.split}/labeled.txt')
     fit_guidance_bg_bias(g, normalize_batch({'img': torch.from_numpy(x).permute(0, 3, 1, 2)}, 'cpu')['img'], torch.from_numpy(y).long())
-    mc = torch.cat([g.maskclip_pseudo_label(vx[i:i + 64], conf_thresh=0.0) for i in range(0, len(vx), 64)])
-    mc9 = torch.cat([g.maskclip_pseudo_label(vx[i:i + 64], conf_thresh=0.9) for i in range(0, len(vx), 64)])
-    rows = [dict(method='guidance (MaskCLIP, >= 0.9)', **kept_pixels(torch.where(mc9 == 255, mc, mc9), mc9 != 255, vy))]
+    guide = torch.cat([g.maskclip_pseudo_label(vx[i:i + 64], conf_thresh=0.0) for i in range(0, len(vx), 64)])
+    guide9 = torch.cat([g.maskclip_pseudo_label(vx[i:i + 64], conf_thresh=0.9) for i in range(0, len(vx), 64)])
+    rows = [dict(method='guidance (MaskCLIP, >= 0.9)', **kept_pixels(torch.where(guide9 == 255, guide, guide9), guide9 != 255, vy))]
     print(json.dumps(rows[-1]), flush=True)
     for seed in a.seeds:
         for m in a.methods:

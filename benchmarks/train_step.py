@@ -25,7 +25,7 @@ import torch
 from common import (OFFICIAL_ANCHOR, build_model, firsts, fmt_table, golden, peak_rss, reset_peak_rss, run_rounds,
                     run_variant_subprocess, step_inputs, timing_row)
 
-LOSSES = ['loss', 'loss_x', 'loss_s1', 'loss_s2', 'loss_fp', 'loss_mc_s1', 'loss_mc_s2', 'loss_mc_fp']
+LOSSES = ['loss', 'loss_x', 'loss_s1', 'loss_s2', 'loss_fp', 'loss_guidance_s1', 'loss_guidance_s2', 'loss_guidance_fp']
 PREDS = ['pred_w_other', 'pred_x', 'pred_w', 'pred_w_fp', 'pred_s1', 'pred_s2']
 
 # name: (what it is, ModelCfg overrides, options)

@@ -25,7 +25,7 @@ def time_updates(v, n: int) -> dict:
     pre = (time.perf_counter() - t0) / max(1, len(v.state) - 3)
     rng = np.random.default_rng(0)
     moves = [lambda: setattr(v.thresh, 'value', float(rng.uniform(.5, 1))),
-             lambda: setattr(v.mc_thresh, 'value', float(rng.uniform(.5, 1))),
+             lambda: setattr(v.guidance_thresh, 'value', float(rng.uniform(.5, 1))),
              lambda: setattr(v.opacity, 'value', float(rng.uniform(.2, 1))),
              lambda: setattr(v.class_toggles[int(rng.integers(len(v.class_toggles)))], 'value',
                              not v.class_toggles[0].value),

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #f3b6e403
 from __future__ import annotations
-import dataclasses, os, random, subprocess, sys, time, types, typing
+import dataclasses, os, random, subprocess, sys, time, types, typing, warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -162,8 +162,22 @@ def _check_type(value, tp, where: str):
 @dataclass
 class Cfg:
     "Base class of the kit's configs: dataclasses whose updates are checked"
+    RENAMED = {}  # old field name → today's, for configs written by earlier versions (a subclass fills it in)
+
+    @classmethod
+    def renamed(cls, d: dict, warn: bool = True) -> dict:
+        "`d` with the old field names of `RENAMED` replaced by today's (a `DeprecationWarning` each, unless `warn=False`)"
+        out = dict(d)
+        for old, new in cls.RENAMED.items():
+            if old not in out: continue
+            if new in out: raise KeyError(f"{cls.__name__}: {old!r} is the old name of {new!r}; give {new!r} only")
+            if warn: warnings.warn(f"{cls.__name__}.{old} is deprecated: it is now called {new!r}", DeprecationWarning, stacklevel=3)
+            out[new] = out.pop(old)
+        return out
+
     def update(self, **kwargs):
-        "A copy with `kwargs` applied; unknown keys and wrong types raise at once"
+        "A copy with `kwargs` applied (old field names mapped, with a warning); unknown keys and wrong types raise at once"
+        kwargs = self.renamed(kwargs)
         hints = typing.get_type_hints(type(self))
         names = [f.name for f in fields(self)]
         unknown = [k for k in kwargs if k not in names]

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .checkpoint import _write_durable
 from .core import IGNORE_INDEX, color_palette
+from .losses import renamed_guidance_keys
 from .train_config import TrainCfg
 from .panels import (DISAGREEMENT_PALETTE, PANELS, ImageOutputs, ViewSettings, _palette_array, _png, _swatch,
                            disagreement_map, overlay, panel_arrays, plot_panels)
@@ -57,11 +58,11 @@ def debug_arrays(out: dict,         # `train_step(..., return_outputs=True)`
                       f'conf_{k}': f16(out[f'conf_w_mixed{i}']), f'ignore_{k}': u8(out[f'ignore_mask_mixed{i}']),
                       f'pred_{k}': pred(out[f'pred_{k}'])[0]})
         if cfg.method == 'semivl':
-            a.update(mclip_w=u8(out['mclip']), mclip_s1=u8(out['mclip_mixed1']), mclip_s2=u8(out['mclip_mixed2']))
+            a.update(guidance_w=u8(out['guidance']), guidance_s1=u8(out['guidance_mixed1']), guidance_s2=u8(out['guidance_mixed2']))
     a.update({k: np.asarray(v.item(), np.float64) for k, v in out.items() if torch.is_tensor(v) and v.ndim == 0})
     a.update(iteration=np.asarray(iteration, np.int64), method=np.asarray(cfg.method),
              class_names=np.asarray(list(class_names or []), dtype=str), num_classes=np.asarray(out['pred_x'].shape[1]),
-             conf_thresh=np.asarray(cfg.conf_thresh), mcc_conf_thresh=np.asarray(cfg.mcc_conf_thresh))
+             conf_thresh=np.asarray(cfg.conf_thresh), guidance_conf_thresh=np.asarray(cfg.guidance_conf_thresh))
     return a
 
 def debug_dump_path(out_dir: str | Path, iteration: int) -> Path:
@@ -109,7 +110,7 @@ class DebugDumps:
     def _read(self, p: Path) -> dict:
         key = (p, p.stat().st_mtime_ns)
         if key not in self._cache:
-            with np.load(p) as z: d = {k: z[k] for k in z.files}
+            with np.load(p) as z: d = renamed_guidance_keys({k: z[k] for k in z.files})   # old dumps: mclip_w → guidance_w...
             d = {k: v.item() if v.ndim == 0 else v for k, v in d.items()}
             d['class_names'] = [str(c) for c in d.get('class_names', [])]
             if len(self._cache) >= self._max: self._cache.pop(next(iter(self._cache)))
@@ -133,16 +134,16 @@ def dump_outputs(dump: dict,   # one item of `DebugDumps`
         return ImageOutputs(dump['img_x'][j], f32(dump['conf_x']), lab, np.zeros(lab.shape, np.float32),
                             np.full(lab.shape, IGNORE_INDEX, np.uint8), gt=dump['mask_x'][j])
     lab = dump[f'label_{k}'][j]
-    mc = dump[f'mclip_{k}'][j] if f'mclip_{k}' in dump else np.full(lab.shape, IGNORE_INDEX, np.uint8)
+    guide = dump[f'guidance_{k}'][j] if f'guidance_{k}' in dump else np.full(lab.shape, IGNORE_INDEX, np.uint8)
     box = None if view == 'weak' else dump[f'box{k[1]}'][j].astype(bool)
-    return ImageOutputs(dump[f'img_{k}'][j], f32(dump[f'conf_{k}']), lab, (mc != IGNORE_INDEX).astype(np.float32), mc,
+    return ImageOutputs(dump[f'img_{k}'][j], f32(dump[f'conf_{k}']), lab, (guide != IGNORE_INDEX).astype(np.float32), guide,
                         gt=None, ignore=dump[f'ignore_{k}'][j], box=box)
 
 # %% ../nbs/11_debug.ipynb #f6f9a60f
 DUMP_PANELS = PANELS + ('prediction',)
 
 def debug_panels(dump: dict, j: int, view: str,
-                 s: ViewSettings,    # controls (`mc_thresh` has no effect: the dump's MaskCLIP is thresholded)
+                 s: ViewSettings,    # controls (`guidance_thresh` has no effect: the dump's MaskCLIP is thresholded)
                  palette, n_classes: int | None = None, # class colours; default count: the dump's
                  with_stats: bool = True,
                 ) -> tuple[dict, dict, dict | None]:
@@ -158,17 +159,17 @@ def debug_panels(dump: dict, j: int, view: str,
         dis = disagreement_map(out.label, out.label, out.gt)           # 0: right, 3: wrong, 255: ignored
         maps['disagreement'] = dis
         rgb['disagreement'] = overlay(out.image, dis, DISAGREEMENT_PALETTE, max(s.alpha, .7))
-        for p in ('MaskCLIP', 'kept', 'target'): rgb[p] = None
-    elif 'mclip_w' not in dump: rgb['MaskCLIP'] = rgb['disagreement'] = None   # UniMatch: no MaskCLIP guidance
+        for p in ('guidance', 'kept', 'target'): rgb[p] = None
+    elif 'guidance_w' not in dump: rgb['guidance'] = rgb['disagreement'] = None   # UniMatch: no MaskCLIP guidance
     return rgb, maps, stats
 
 # %% ../nbs/11_debug.ipynb #585e43a6
-_DUMP_COLUMNS = ('image', 'student', 'confidence', 'MaskCLIP', 'kept', 'target', 'prediction', 'ground truth', 'disagreement')
+_DUMP_COLUMNS = ('image', 'student', 'confidence', 'guidance', 'kept', 'target', 'prediction', 'ground truth', 'disagreement')
 _DUMP_TITLES = {'student': 'pseudo-label', 'prediction': 'student on this view'}
 
 def _dump_title(dump: dict) -> str:
-    losses = ' · '.join(f"{k} {dump[k]:.3f}" for k in ('loss', 'loss_x', 'loss_s1', 'loss_fp', 'loss_mc_s1') if k in dump)
-    lam = f" · λ {dump['mcc_lambda']:.3f}" if 'mcc_lambda' in dump and dump['method'] == 'semivl' else ''
+    losses = ' · '.join(f"{k} {dump[k]:.3f}" for k in ('loss', 'loss_x', 'loss_s1', 'loss_fp', 'loss_guidance_s1') if k in dump)
+    lam = f" · λ {dump['guidance_lambda']:.3f}" if 'guidance_lambda' in dump and dump['method'] == 'semivl' else ''
     return f"iteration {dump['iteration']} ({dump['method']}) · {losses}{lam}"
 
 def plot_debug_dump(dump: dict,          # one item of `DebugDumps`
@@ -270,8 +271,8 @@ class DebugDumpViewer(widgets.VBox):
             if a is not None: w.value = _png(a, self.panel_px)
             self._titles[k].value = f'<b>{k if labeled else _DUMP_TITLES.get(k, k)}</b>'
         st = self.stats
-        self.info.value = (f"{_dump_title(d)}<br>kept {st['kept']:.1%} · MaskCLIP labelled {st['maskclip_labelled']:.1%}"
-                           f" · trained on {st['trained']:.1%} · pseudo-label = MaskCLIP {st['agree']:.1%}")
+        self.info.value = (f"{_dump_title(d)}<br>kept {st['kept']:.1%} · guidance labelled {st['guidance_labelled']:.1%}"
+                           f" · trained on {st['trained']:.1%} · pseudo-label = guidance {st['agree']:.1%}")
 
     def figure(self, **kw):
         "Static matplotlib grid of the current panels"

@@ -158,16 +158,16 @@ def image_metrics(scores: Tensor,  # (N, H, W) class scores (logits) of one imag
                   maskclip: Tensor | None = None, # (N, h, w) MaskCLIP class scores of the image, any resolution
                   thresh: float = 0.95, # student confidence kept as a pseudo-label
                  ) -> dict[str, float]:
-    "{'miou', 'acc', 'kept', 'maskclip_agree'} of one image, in %; NaN where undefined"
+    "{'miou', 'acc', 'kept', 'guidance_agree'} of one image, in %; NaN where undefined"
     pred, valid = scores.argmax(0), mask != IGNORE_INDEX
     inter, union, _ = intersection_and_union(pred, mask, num_classes)
     n = int(valid.sum())
     pct = lambda m: float(m[valid].float().mean()) * 100 if n else float('nan')
     out = dict(miou=float(np.mean(inter[union > 0] / union[union > 0])) * 100 if (union > 0).any() else float('nan'),
-               acc=pct(pred == mask), kept=pct(scores.softmax(0).amax(0) >= thresh), maskclip_agree=float('nan'))
+               acc=pct(pred == mask), kept=pct(scores.softmax(0).amax(0) >= thresh), guidance_agree=float('nan'))
     if maskclip is not None:
-        mc = F.interpolate(maskclip[None].float(), size=mask.shape[-2:], mode='bilinear', align_corners=False)[0]
-        out['maskclip_agree'] = pct(mc.argmax(0) == pred)
+        guide = F.interpolate(maskclip[None].float(), size=mask.shape[-2:], mode='bilinear', align_corners=False)[0]
+        out['guidance_agree'] = pct(guide.argmax(0) == pred)
     return out
 
 # %% ../nbs/09_eval.ipynb #f891832b

@@ -11,8 +11,9 @@ from torch import Tensor
 from .core import IGNORE_INDEX
 
 # %% auto #0
-__all__ = ['CONF_MODES', 'MC_REDUCTIONS', 'cutmix_img_', 'cutmix_mask', 'pseudo_labels', 'supervised_ce', 'pixel_ce',
-           'confidence_weighted_loss', 'clip_guidance_loss', 'mcc_lambda', 'semivl_total_loss']
+__all__ = ['CONF_MODES', 'GUIDANCE_REDUCE', 'OLD_GUIDANCE_NAMES', 'cutmix_img_', 'cutmix_mask', 'pseudo_labels', 'supervised_ce',
+           'pixel_ce', 'confidence_weighted_loss', 'clip_guidance_loss', 'guidance_lambda', 'semivl_total_loss',
+           'renamed_guidance_keys']
 
 # %% ../nbs/08_losses.ipynb #51fe6ef3
 def cutmix_img_(img: Tensor,     # (B,C,H,W) images, modified in place
@@ -85,22 +86,22 @@ def confidence_weighted_loss(loss: Tensor,        # (B,H,W) per-pixel loss
     return _safe_div(num, n_valid, safe)
 
 # %% ../nbs/08_losses.ipynb #d9b49109
-MC_REDUCTIONS = ('mean_all', 'mean_valid', 'mean')
+GUIDANCE_REDUCE = ('mean_all', 'mean_valid', 'mean')
 
 def clip_guidance_loss(logits: Tensor,  # (B,N,H,W) student logits
                        target: Tensor,  # (B,H,W) MaskCLIP labels, 255 = no label
                        ignore_mask: Tensor | None = None, # (B,H,W) padding map; needed by 'mean_valid'
-                       reduce: str = 'mean_all',          # one of `MC_REDUCTIONS`
+                       reduce: str = 'mean_all',          # one of `GUIDANCE_REDUCE`
                       ) -> Tensor:
     "Official `compute_mc_loss`: CE towards MaskCLIP pseudo-labels"
     if reduce == 'mean': return F.cross_entropy(logits, target.long(), ignore_index=IGNORE_INDEX)
     l = F.cross_entropy(logits, target.long(), ignore_index=IGNORE_INDEX, reduction='none')
     if reduce == 'mean_all': return l.sum() / target.numel()
     if reduce == 'mean_valid': return l.sum() / (ignore_mask != IGNORE_INDEX).sum()
-    raise ValueError(f"reduction {reduce!r} is not one of {MC_REDUCTIONS}")
+    raise ValueError(f"reduction {reduce!r} is not one of {GUIDANCE_REDUCE}")
 
 # %% ../nbs/08_losses.ipynb #f6c04f2c
-def mcc_lambda(it: int,          # 0-based global iteration
+def guidance_lambda(it: int,          # 0-based global iteration
                total_iters: int, # iterations of the whole run
                start: float = 0.1, # weight at iteration 0
                end: float = 0.0,   # weight reached at `total_iters`
@@ -114,15 +115,29 @@ def semivl_total_loss(loss_x: Tensor,  # supervised CE
                       loss_s1: Tensor, # consistency loss of strong view 1
                       loss_s2: Tensor, # consistency loss of strong view 2
                       loss_fp: Tensor, # consistency loss of the feature-perturbed weak view
-                      loss_mc_s1: Tensor | None = None, # guidance losses (None: UniMatch)
-                      loss_mc_s2: Tensor | None = None,
-                      loss_mc_fp: Tensor | None = None,
-                      lam: float = 0.0, # current guidance weight `mcc_lambda(it, T)`
+                      loss_guidance_s1: Tensor | None = None, # guidance losses (None: UniMatch)
+                      loss_guidance_s2: Tensor | None = None,
+                      loss_guidance_fp: Tensor | None = None,
+                      lam: float = 0.0, # current guidance weight `guidance_lambda(it, T)`
                      ) -> Tensor:
-    "(x + ¼s1 + ¼s2 + ½fp)/2 + λ(¼mc_s1 + ¼mc_s2 + ½mc_fp): the guidance part is not halved"
+    "(x + ¼s1 + ¼s2 + ½fp)/2 + λ(¼guidance_s1 + ¼guidance_s2 + ½guidance_fp): the guidance part is not halved"
     loss = (loss_x + loss_s1 * 0.25 + loss_s2 * 0.25 + loss_fp * 0.5) / 2.0
-    if loss_mc_s1 is not None:
-        loss = loss + loss_mc_s1 * 0.25 * lam
-        loss = loss + loss_mc_s2 * 0.25 * lam
-        loss = loss + loss_mc_fp * 0.5 * lam
+    if loss_guidance_s1 is not None:
+        loss = loss + loss_guidance_s1 * 0.25 * lam
+        loss = loss + loss_guidance_s2 * 0.25 * lam
+        loss = loss + loss_guidance_fp * 0.5 * lam
     return loss
+
+# %% ../nbs/08_losses.ipynb #guidnames
+OLD_GUIDANCE_NAMES = {  # names of earlier versions (configs, checkpoints, metrics.csv, debug dumps) → today's
+    'mcc_lambda': 'guidance_lambda', 'mcc_conf_thresh': 'guidance_conf_thresh', 'mcc_loss_reduce': 'guidance_loss_reduce',
+    'loss_mc_s1': 'loss_guidance_s1', 'loss_mc_s2': 'loss_guidance_s2', 'loss_mc_fp': 'loss_guidance_fp',
+    'mclip': 'guidance', 'mclip_other': 'guidance_other', 'mclip_mixed1': 'guidance_mixed1', 'mclip_mixed2': 'guidance_mixed2',
+    'mclip_w': 'guidance_w', 'mclip_s1': 'guidance_s1', 'mclip_s2': 'guidance_s2'}
+
+def renamed_guidance_keys(d: dict,      # a dict written by an earlier version (a debug dump, a metrics row)
+                          prefix: str = '', # the keys' prefix ('train/' for metrics.csv columns)
+                         ) -> dict:
+    "`d` with the old guidance names of `OLD_GUIDANCE_NAMES` (after `prefix`) replaced by today's, in order"
+    new = lambda k: prefix + OLD_GUIDANCE_NAMES[k[len(prefix):]] if k.startswith(prefix) and k[len(prefix):] in OLD_GUIDANCE_NAMES else k
+    return {new(k): v for k, v in d.items()}

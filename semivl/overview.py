@@ -29,7 +29,7 @@ def plot_iteration():
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(13, 6.2))
     ax.set_xlim(0, 18.5); ax.set_ylim(0, 10); ax.axis('off')
-    rows = dict(x=9.0, w=7.2, fp=5.6, s=4.0, mc=2.2)
+    rows = dict(x=9.0, w=7.2, fp=5.6, s=4.0, guide=2.2)
     _box(ax, 1.5, rows['x'], 'labeled image\n+ mask y', _PLAIN, w=2.4)
     _box(ax, 1.5, 5.6, 'unlabeled\nimage u', _PLAIN, w=2.4)
     _box(ax, 4.8, rows['w'], 'weak view w\n(crop, flip)', _PLAIN, w=2.6)
@@ -38,19 +38,19 @@ def plot_iteration():
     _box(ax, 8.8, rows['w'], 'student (eval, no grad)', _UNIMATCH)
     _box(ax, 8.8, rows['fp'], 'student, decoder input\nchannels dropped (p=0.5)', _UNIMATCH)
     _box(ax, 8.8, rows['s'], 'student', _UNIMATCH)
-    _box(ax, 8.8, rows['mc'], 'frozen MaskCLIP twin\n× class definitions', _SEMIVL)
+    _box(ax, 8.8, rows['guide'], 'frozen MaskCLIP twin\n× class definitions', _SEMIVL)
     _box(ax, 12.7, rows['w'], "pseudo-label p̂\nkept where conf ≥ 0.95", _UNIMATCH)
-    _box(ax, 12.7, rows['mc'], 'MaskCLIP label m\n(conf ≥ 0.9)', _SEMIVL)
+    _box(ax, 12.7, rows['guide'], 'MaskCLIP label m\n(conf ≥ 0.9)', _SEMIVL)
     _box(ax, 16.5, rows['x'], 'L_x = CE(pred, y)', _UNIMATCH, w=3.3)
-    _box(ax, 16.5, rows['fp'], 'L_fp = CE(fp pred, p̂)\nL_mc,fp = CE(fp pred, m)', _UNIMATCH, w=3.3)
-    _box(ax, 16.5, rows['s'], 'L_s = CE(s pred, mixed p̂)\nL_mc,s = CE(s pred, mixed m)', _UNIMATCH, w=3.3)
+    _box(ax, 16.5, rows['fp'], 'L_fp = CE(fp pred, p̂)\nL_g,fp = CE(fp pred, m)', _UNIMATCH, w=3.3)
+    _box(ax, 16.5, rows['s'], 'L_s = CE(s pred, mixed p̂)\nL_g,s = CE(s pred, mixed m)', _UNIMATCH, w=3.3)
     for a, b in [((2.7, 9.0), (7.3, 9.0)), ((10.3, 9.0), (14.85, 9.0)), ((2.7, 5.8), (3.5, 7.0)), ((2.7, 5.4), (3.5, 4.2)),
                  ((6.1, 7.2), (7.3, 7.2)), ((6.1, 6.9), (7.3, 5.7)), ((6.1, 4.0), (7.3, 4.0)), ((6.1, 6.8), (7.3, 2.4)),
                  ((10.3, 7.2), (11.2, 7.2)), ((10.3, 2.2), (11.2, 2.2)), ((10.3, 5.6), (14.85, 5.6)), ((10.3, 4.0), (14.85, 4.0)),
                  ((14.2, 7.0), (14.85, 5.8)), ((14.2, 6.9), (14.85, 4.3))]:
         _arrow(ax, a, b)
     for a, b in [((14.2, 2.4), (14.85, 5.35)), ((14.2, 2.2), (14.85, 3.7))]: _arrow(ax, a, b, '#d98b2b')
-    ax.text(9.25, 0.55, 'L = (L_x + ¼ L_s1 + ¼ L_s2 + ½ L_fp) / 2  +  λ(t) (¼ L_mc,s1 + ¼ L_mc,s2 + ½ L_mc,fp),'
+    ax.text(9.25, 0.55, 'L = (L_x + ¼ L_s1 + ¼ L_s2 + ½ L_fp) / 2  +  λ(t) (¼ L_g,s1 + ¼ L_g,s2 + ½ L_g,fp),'
             '   λ falls linearly from 0.1 to 0', ha='center', fontsize=9.5, family='monospace')
     ax.text(0.2, 9.9, 'one SemiVL training iteration', fontsize=11, weight='bold', va='top')
     ax.text(18.3, 9.9, 'blue: UniMatch   orange: SemiVL adds', fontsize=8, ha='right', va='top')

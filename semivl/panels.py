@@ -47,7 +47,7 @@ def overlay(img: np.ndarray,     # uint8 (H,W,3) image
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 # %% ../nbs/11_panels.ipynb #3f6edefa
-TARGET_SOURCES = ('none', 'student', 'MaskCLIP', 'both, agree', 'both, differ')  # codes 0..4 of `training_target`
+TARGET_SOURCES = ('none', 'student', 'guidance', 'both, agree', 'both, differ')  # codes 0..4 of `training_target`
 
 def kept_mask(conf: np.ndarray,   # (H,W) max softmax probability
               thresh: float,      # confidence threshold (inclusive, as the official `>=`)
@@ -60,49 +60,49 @@ def kept_mask(conf: np.ndarray,   # (H,W) max softmax probability
 
 def training_target(label: np.ndarray,  # (H,W) student pseudo-label (argmax of the weak view)
                     conf: np.ndarray,   # (H,W) its confidence
-                    mclip: np.ndarray,  # (H,W) MaskCLIP label, 255 below the MaskCLIP threshold
+                    guidance: np.ndarray,  # (H,W) MaskCLIP label, 255 below the MaskCLIP threshold
                     thresh: float,      # student confidence threshold
                     ignore: np.ndarray | None = None, # (H,W) 255 at padding
                    ) -> tuple[np.ndarray, np.ndarray]:
     "`(target, source)`: student label where kept, else MaskCLIP, else 255; source codes index `TARGET_SOURCES`"
     keep = kept_mask(conf, thresh, ignore)
-    mc = np.asarray(mclip).copy()
-    if ignore is not None: mc[np.asarray(ignore) == IGNORE_INDEX] = IGNORE_INDEX
-    has_mc = mc != IGNORE_INDEX
-    target = np.where(keep, label, mc).astype(np.uint8)
+    guide = np.asarray(guidance).copy()
+    if ignore is not None: guide[np.asarray(ignore) == IGNORE_INDEX] = IGNORE_INDEX
+    has_guidance = guide != IGNORE_INDEX
+    target = np.where(keep, label, guide).astype(np.uint8)
     source = np.zeros(keep.shape, np.uint8)
-    source[keep & ~has_mc] = 1
-    source[~keep & has_mc] = 2
-    source[keep & has_mc & (label == mc)] = 3
-    source[keep & has_mc & (label != mc)] = 4
+    source[keep & ~has_guidance] = 1
+    source[~keep & has_guidance] = 2
+    source[keep & has_guidance & (label == guide)] = 3
+    source[keep & has_guidance & (label != guide)] = 4
     return target, source
 
 # %% ../nbs/11_panels.ipynb #2cf15fa4
-DISAGREEMENT = ('agree', 'student right, MaskCLIP wrong', 'MaskCLIP right, student wrong', 'both wrong',
-                'differ (no GT)', 'MaskCLIP abstains')
+DISAGREEMENT = ('agree', 'student right, guidance wrong', 'guidance right, student wrong', 'both wrong',
+                'differ (no GT)', 'guidance abstains')
 DISAGREEMENT_PALETTE = [[120, 200, 120], [60, 120, 255], [255, 150, 30], [230, 30, 30], [220, 60, 220], [90, 90, 90]]
 
 def disagreement_map(student: np.ndarray,  # (H,W) student pseudo-label
-                     mclip: np.ndarray,    # (H,W) MaskCLIP label, 255 where it abstains
+                     guidance: np.ndarray,    # (H,W) MaskCLIP label, 255 where it abstains
                      gt: np.ndarray | None = None, # (H,W) ground truth, 255 = ignore
                     ) -> np.ndarray:
     "uint8 (H,W) codes indexing `DISAGREEMENT` (255 where the ground truth is ignored)"
-    student, mclip = np.asarray(student), np.asarray(mclip)
+    student, guidance = np.asarray(student), np.asarray(guidance)
     out = np.zeros(student.shape, np.uint8)
     if gt is None:
-        out[student != mclip] = 4
+        out[student != guidance] = 4
     else:
         gt = np.asarray(gt)
-        s_ok, m_ok = student == gt, mclip == gt
+        s_ok, m_ok = student == gt, guidance == gt
         out[s_ok & ~m_ok] = 1; out[~s_ok & m_ok] = 2; out[~s_ok & ~m_ok] = 3
-    out[mclip == IGNORE_INDEX] = 5
+    out[guidance == IGNORE_INDEX] = 5
     if gt is not None: out[gt == IGNORE_INDEX] = IGNORE_INDEX
     return out
 
 # %% ../nbs/11_panels.ipynb #87cc88ea
 def image_stats(label: np.ndarray,  # (H,W) student pseudo-label
                 conf: np.ndarray,   # (H,W) its confidence
-                mclip: np.ndarray,  # (H,W) MaskCLIP label (255 = abstains)
+                guidance: np.ndarray,  # (H,W) MaskCLIP label (255 = abstains)
                 thresh: float,      # student threshold
                 n_classes: int,     # number of classes N
                 gt: np.ndarray | None = None,     # (H,W) ground truth (255 = ignore)
@@ -111,8 +111,8 @@ def image_stats(label: np.ndarray,  # (H,W) student pseudo-label
     "Fraction kept / MaskCLIP-labelled / trained-on, pseudo-label accuracies, and per-class pixel counts"
     valid = np.ones(np.shape(label), bool) if ignore is None else np.asarray(ignore) != IGNORE_INDEX
     keep = kept_mask(conf, thresh, ignore)
-    target, source = training_target(label, conf, mclip, thresh, ignore)
-    mc = np.where(valid, mclip, IGNORE_INDEX)
+    target, source = training_target(label, conf, guidance, thresh, ignore)
+    guide = np.where(valid, guidance, IGNORE_INDEX)
     nv = max(int(valid.sum()), 1)
     def acc(pred, where):
         if gt is None: return float('nan')
@@ -121,13 +121,13 @@ def image_stats(label: np.ndarray,  # (H,W) student pseudo-label
     def counts(m, where): return np.bincount(np.asarray(m)[where].astype(np.int64), minlength=n_classes)[:n_classes]
     gt_counts = counts(gt, valid & (np.asarray(gt) != IGNORE_INDEX)) if gt is not None else np.zeros(n_classes, np.int64)
     return dict(
-        kept=float(keep.sum() / nv), maskclip_labelled=float((mc != IGNORE_INDEX).sum() / nv),
+        kept=float(keep.sum() / nv), guidance_labelled=float((guide != IGNORE_INDEX).sum() / nv),
         trained=float((target != IGNORE_INDEX).sum() / nv),
-        agree=float(((label == mc) & (mc != IGNORE_INDEX)).sum() / max(int((mc != IGNORE_INDEX).sum()), 1)),
-        acc_student=acc(label, valid), acc_kept=acc(label, keep), acc_maskclip=acc(mc, mc != IGNORE_INDEX),
+        agree=float(((label == guide) & (guide != IGNORE_INDEX)).sum() / max(int((guide != IGNORE_INDEX).sum()), 1)),
+        acc_student=acc(label, valid), acc_kept=acc(label, keep), acc_guidance=acc(guide, guide != IGNORE_INDEX),
         acc_target=acc(target, target != IGNORE_INDEX),
         sources={n: float((source[valid] == i).sum() / nv) for i, n in enumerate(TARGET_SOURCES)},
-        counts=np.stack([gt_counts, counts(label, keep), counts(mc, mc != IGNORE_INDEX),
+        counts=np.stack([gt_counts, counts(label, keep), counts(guide, guide != IGNORE_INDEX),
                          counts(target, target != IGNORE_INDEX)]))
 
 # %% ../nbs/11_panels.ipynb #33e2589e
@@ -137,8 +137,8 @@ class ImageOutputs:
     image: np.ndarray          # uint8 (H,W,3): what the student sees as input in this view
     conf: np.ndarray           # float32 student confidence (weak view)
     label: np.ndarray          # student pseudo-label (weak view)
-    mc_conf: np.ndarray        # float32 MaskCLIP confidence, softmax(100·cos) max
-    mc_label: np.ndarray       # MaskCLIP argmax (before its threshold)
+    guidance_conf: np.ndarray        # float32 MaskCLIP confidence, softmax(100·cos) max
+    guidance_label: np.ndarray       # MaskCLIP argmax (before its threshold)
     gt: np.ndarray | None = None     # ground truth, 255 = ignore
     ignore: np.ndarray | None = None # 255 at padding / outside the image
     box: np.ndarray | None = None    # bool CutMix box: where the maps come from the partner image
@@ -147,11 +147,11 @@ class ImageOutputs:
 class ViewSettings:
     "The viewer's controls"
     thresh: float = 0.95         # student confidence threshold
-    mc_thresh: float = 0.9       # MaskCLIP confidence threshold
+    guidance_thresh: float = 0.9       # MaskCLIP confidence threshold
     alpha: float = 0.5           # overlay opacity
     visible: tuple | None = None # visible class ids (None: all)
 
-PANELS = ('image', 'ground truth', 'MaskCLIP', 'student', 'confidence', 'kept', 'target', 'disagreement')
+PANELS = ('image', 'ground truth', 'guidance', 'student', 'confidence', 'kept', 'target', 'disagreement')
 
 def _colormap(x: np.ndarray, name: str = 'viridis') -> np.ndarray:
     import matplotlib
@@ -163,11 +163,11 @@ def confidence_colorbar(width: int = 70) -> str:
     bar = f'<span style="display:inline-block;width:{width}px;height:9px;background:linear-gradient(to right, {stops})"></span>'
     return f'<span style="font-size:10px">0 {bar} 1</span>'
 
-def _mc_labels(out: ImageOutputs, s: ViewSettings) -> np.ndarray:
+def _guidance_labels(out: ImageOutputs, s: ViewSettings) -> np.ndarray:
     "MaskCLIP labels after its threshold (255 below it and at padding)"
-    mc = np.where(out.mc_conf >= s.mc_thresh, out.mc_label, IGNORE_INDEX).astype(np.uint8)
-    if out.ignore is not None: mc[out.ignore == IGNORE_INDEX] = IGNORE_INDEX
-    return mc
+    guide = np.where(out.guidance_conf >= s.guidance_thresh, out.guidance_label, IGNORE_INDEX).astype(np.uint8)
+    if out.ignore is not None: guide[out.ignore == IGNORE_INDEX] = IGNORE_INDEX
+    return guide
 
 def panel_arrays(out: ImageOutputs, # cached predictions of one image
                  s: ViewSettings,   # controls
@@ -176,18 +176,18 @@ def panel_arrays(out: ImageOutputs, # cached predictions of one image
                  with_stats: bool = True, # also compute `image_stats` (else the third item is None)
                 ) -> tuple[dict, dict, dict | None]:
     "`(rgb, maps, stats)`: uint8 RGB per panel name in `PANELS` (None when absent), label maps behind them, stats"
-    mc = _mc_labels(out, s)
+    guide = _guidance_labels(out, s)
     keep = kept_mask(out.conf, s.thresh, out.ignore)
     kept_label = np.where(keep, out.label, IGNORE_INDEX).astype(np.uint8)
-    target, source = training_target(out.label, out.conf, mc, s.thresh, out.ignore)
-    dis = disagreement_map(out.label, mc, out.gt)
-    maps = dict(maskclip=mc, student=out.label, kept=keep, kept_label=kept_label, target=target, source=source,
+    target, source = training_target(out.label, out.conf, guide, s.thresh, out.ignore)
+    dis = disagreement_map(out.label, guide, out.gt)
+    maps = dict(guidance=guide, student=out.label, kept=keep, kept_label=kept_label, target=target, source=source,
                 disagreement=dis, conf=out.conf, gt=out.gt)
     ov = lambda m: overlay(out.image, m, palette, s.alpha, s.visible)
-    rgb = {'image': out.image, 'ground truth': None if out.gt is None else ov(out.gt), 'MaskCLIP': ov(mc),
+    rgb = {'image': out.image, 'ground truth': None if out.gt is None else ov(out.gt), 'guidance': ov(guide),
            'student': ov(out.label), 'confidence': _colormap(out.conf), 'kept': ov(kept_label),
            'target': ov(target), 'disagreement': overlay(out.image, dis, DISAGREEMENT_PALETTE, max(s.alpha, .7))}
-    stats = image_stats(out.label, out.conf, mc, s.thresh, n_classes, out.gt, out.ignore) if with_stats else None
+    stats = image_stats(out.label, out.conf, guide, s.thresh, n_classes, out.gt, out.ignore) if with_stats else None
     return rgb, maps, stats
 
 # %% ../nbs/11_panels.ipynb #e86730a3
@@ -207,7 +207,7 @@ def plot_panels(rgb: dict,     # panel name -> uint8 RGB (None: skipped), as fro
             from matplotlib.cm import ScalarMappable
             fig.colorbar(ScalarMappable(plt.Normalize(0, 1), 'viridis'), ax=ax, fraction=.046, pad=.02)
     if stats is not None:
-        title = (title + '  ' if title else '') + (f"kept {stats['kept']:.0%} · MaskCLIP {stats['maskclip_labelled']:.0%}"
+        title = (title + '  ' if title else '') + (f"kept {stats['kept']:.0%} · guidance {stats['guidance_labelled']:.0%}"
                  f" · trained {stats['trained']:.0%} · acc(kept) {stats['acc_kept']:.2f}")
     if title: fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -229,7 +229,7 @@ def _fmt(v) -> str: return '–' if v != v else f'{v:.3f}'
 
 # %% ../nbs/11_panels.ipynb #a0c0ffe2
 # live per-image statistics the viewer can rank by (keys of `image_stats`)
-LIVE_STATS = {'live: student = MaskCLIP': 'agree', 'live: kept fraction': 'kept', 'live: student accuracy': 'acc_student'}
+LIVE_STATS = {'live: student = guidance': 'agree', 'live: kept fraction': 'kept', 'live: student accuracy': 'acc_student'}
 
 def read_image_metrics(path: str | Path, # `per_image.csv` of the evaluate notebook
                       ) -> dict[str, np.ndarray]:

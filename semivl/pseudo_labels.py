@@ -159,7 +159,7 @@ def run_label_quality(run, limit: int | None = 200, # a trained `semivl.run.Trai
     except (DataError, FileNotFoundError) as e:
         print(f"pseudo-label quality not measured: the unlabeled images need ground-truth masks ({e})")
         return None
-    thresh = {'student': t.conf_thresh, 'guidance': t.mcc_conf_thresh}
+    thresh = {'student': t.conf_thresh, 'guidance': t.guidance_conf_thresh}
     (Path(run.out_dir)/'pseudo_labels.json').write_text(json.dumps(dict(
         images=len(loader.dataset), thresholds=thresh, rows=quality_rows(q, run.class_names, thresh)), indent=1))
     return q, thresh

@@ -60,7 +60,7 @@ class EvalRun:
 def checkpoint_configs(ck: dict, preset: str) -> tuple[ModelCfg, TrainCfg]:
     "The configs a loaded checkpoint was trained with, or the dataset preset's for a bare (official) checkpoint"
     mcfg = ModelCfg.from_dict(ck['model_cfg']) if 'model_cfg' in ck else ModelCfg.preset(preset)
-    if 'train_cfg' in ck or 'config' in ck: tcfg = TrainCfg.from_dict(ck.get('train_cfg') or ck['config'])
+    if 'train_cfg' in ck or 'config' in ck: tcfg = TrainCfg.from_dict(TrainCfg.renamed(ck.get('train_cfg') or ck['config'], warn=False))
     else: tcfg = TrainCfg.preset(preset) if preset in TRAIN_PRESETS else TrainCfg().update(eval_crop=64, eval_stride=43)
     return mcfg, tcfg
 
@@ -104,9 +104,9 @@ def evaluate_checkpoint(er: EvalRun, save_png: bool = False, # also write every 
         scores = predict(er.model, b['img'].to(er.device), b['mask'].shape[-2:], t.eval_mode, t.eval_crop, t.eval_stride).cpu()
         pred = scores.argmax(1)
         cm.update(pred, b['mask'])
-        mc = er.model.maskclip_logits(b['img'].to(er.device))[0].cpu()   # the zero-shot teacher, for its agreement
+        guide = er.model.maskclip_logits(b['img'].to(er.device))[0].cpu()   # the zero-shot teacher, for its agreement
         name = b['id'][0].split(' ')[0]
-        rows.append(dict(index=i, id=name, **image_metrics(scores[0], b['mask'][0], er.spec.info.nclass, mc)))
+        rows.append(dict(index=i, id=name, **image_metrics(scores[0], b['mask'][0], er.spec.info.nclass, guide)))
         if save_png: save_prediction_png(pred[0], er.out_dir/'pred'/f"{Path(name).stem}.png", np.array(er.spec.palette, np.uint8))
     return cm.compute(), rows
 

@@ -17,8 +17,8 @@ from .checkpoint import (_check_writable, _remove_stale_temps, checksum_path, lo
 from .core import IGNORE_INDEX, native_bf16, progress_bar
 from .debug import debug_arrays, debug_dump_path, save_debug_dump
 from .distributed import average_gradients, dist_info
-from .losses import (clip_guidance_loss, confidence_weighted_loss, cutmix_img_, cutmix_mask, mcc_lambda,
-                           pixel_ce, pseudo_labels, semivl_total_loss, supervised_ce)
+from .losses import (clip_guidance_loss, confidence_weighted_loss, cutmix_img_, cutmix_mask, guidance_lambda,
+                           pixel_ce, pseudo_labels, renamed_guidance_keys, semivl_total_loss, supervised_ce)
 from .optim import build_optimizer
 from .train_config import METHODS, RUN_IDENTITY, ConfigError, TrainCfg, check_train_cfg
 
@@ -74,10 +74,10 @@ def train_step(model: nn.Module,  # segmentor (or a wrapper) honouring the contr
         pred_w_o = model(img_w_o).detach()
         conf_w_o, mask_w_o = pseudo_labels(pred_w_o)
         if semivl:
-            mclip = model.maskclip_pseudo_label(torch.cat((img_w, img_w_o)), conf_thresh=cfg.mcc_conf_thresh)
-            mclip, mclip_o = mclip.split([img_w.shape[0], img_w_o.shape[0]])
-            mclip = mclip.masked_fill(ign == IGNORE_INDEX, IGNORE_INDEX)
-            mclip_o = mclip_o.masked_fill(ign_o == IGNORE_INDEX, IGNORE_INDEX)
+            guidance = model.maskclip_pseudo_label(torch.cat((img_w, img_w_o)), conf_thresh=cfg.guidance_conf_thresh)
+            guidance, guidance_o = guidance.split([img_w.shape[0], img_w_o.shape[0]])
+            guidance = guidance.masked_fill(ign == IGNORE_INDEX, IGNORE_INDEX)
+            guidance_o = guidance_o.masked_fill(ign_o == IGNORE_INDEX, IGNORE_INDEX)
 
     # 3. train-mode forwards: [labeled, weak] with the FP branch on the weak rows only, then [strong1, strong2]
     model.train()
@@ -102,13 +102,13 @@ def train_step(model: nn.Module,  # segmentor (or a wrapper) honouring the contr
                loss_fp=cwl(pixel_ce(pred_w_fp, mask_w), conf_w, ign))
     lam = 0.0
     if semivl:
-        mclip_mixed1, mclip_mixed2 = mix(mclip, mclip_o)
-        mc = lambda p, t, i: clip_guidance_loss(p, t, i, cfg.mcc_loss_reduce)
-        out.update(loss_mc_s1=mc(pred_s1, mclip_mixed1, ign_mixed1), loss_mc_s2=mc(pred_s2, mclip_mixed2, ign_mixed2),
-                   loss_mc_fp=mc(pred_w_fp, mclip, ign))
-        lam = mcc_lambda(it, cfg.total_iters, *cfg.mcc_lambda)
+        guidance_mixed1, guidance_mixed2 = mix(guidance, guidance_o)
+        guide = lambda p, t, i: clip_guidance_loss(p, t, i, cfg.guidance_loss_reduce)
+        out.update(loss_guidance_s1=guide(pred_s1, guidance_mixed1, ign_mixed1), loss_guidance_s2=guide(pred_s2, guidance_mixed2, ign_mixed2),
+                   loss_guidance_fp=guide(pred_w_fp, guidance, ign))
+        lam = guidance_lambda(it, cfg.total_iters, *cfg.guidance_lambda)
     out['loss'] = semivl_total_loss(**out, lam=lam)
-    out['mcc_lambda'] = torch.tensor(lam, dtype=torch.float64)
+    out['guidance_lambda'] = torch.tensor(lam, dtype=torch.float64)
     out['mask_ratio'] = ((conf_w >= cfg.conf_thresh) & (ign != IGNORE_INDEX)).sum() / (ign != IGNORE_INDEX).sum().clamp(min=1)
     if return_outputs:
         out.update(img_s1_mixed=img_s1, img_s2_mixed=img_s2, pred_w_other=pred_w_o, pred_x=pred_x.detach(),
@@ -116,7 +116,7 @@ def train_step(model: nn.Module,  # segmentor (or a wrapper) honouring the contr
                    conf_w_other=conf_w_o, mask_w_other=mask_w_o, conf_w=conf_w, mask_w=mask_w,
                    mask_w_mixed1=mask_w_mixed1, mask_w_mixed2=mask_w_mixed2, conf_w_mixed1=conf_w_mixed1,
                    conf_w_mixed2=conf_w_mixed2, ignore_mask_mixed1=ign_mixed1, ignore_mask_mixed2=ign_mixed2)
-        if semivl: out.update(mclip=mclip, mclip_other=mclip_o, mclip_mixed1=mclip_mixed1, mclip_mixed2=mclip_mixed2)
+        if semivl: out.update(guidance=guidance, guidance_other=guidance_o, guidance_mixed1=guidance_mixed1, guidance_mixed2=guidance_mixed2)
     return out
 
 # %% ../nbs/10_train.ipynb #4f917fe4
@@ -134,12 +134,16 @@ class MetricLog:
         try: self._write(it, scalars)
         except OSError as e: warnings.warn(f"could not write metrics at iteration {it} to {self.path.parent}: {e}")
     def _write(self, it, scalars):
-        rows = list(csv.DictReader(open(self.path))) if self.path.exists() else []
+        rows = []
+        if self.path.exists():
+            with open(self.path, newline='') as f: rows = list(csv.DictReader(f))
+        header = list(rows[0]) if rows else []
+        rows = [renamed_guidance_keys(r, 'train/') for r in rows]   # an earlier version's columns (train/loss_mc_s1...)
         row = {'it': it, **{k: (f'{v:.6g}' if isinstance(v, float) else v) for k, v in scalars.items()}}
         keys = list(dict.fromkeys([k for r in rows for k in r] + list(row)))
-        if rows and keys == list(rows[0]):
+        if rows and keys == header:
             with open(self.path, 'a', newline='') as f: csv.DictWriter(f, keys).writerow(row)
-        else:                                      # new columns: rewrite via a temp file (never truncate the log)
+        else:                                      # new or renamed columns: rewrite via a temp file (never truncate the log)
             tmp = self.path.with_name('.metrics.csv.tmp')
             try:
                 with open(tmp, 'w', newline='') as f:
@@ -269,7 +273,7 @@ class _LoopState:
         cfg, run_info = self.cfg, self.opts['run_info']
         if self.num_classes is not None and ck.get('num_classes') not in (None, self.num_classes):
             raise ConfigError(f"{self.ck_path} was trained with {ck['num_classes']} classes, this run has {self.num_classes}")
-        changed = {k: (v, getattr(cfg, k)) for k, v in ck.get('config', {}).items()
+        changed = {k: (v, getattr(cfg, k)) for k, v in type(cfg).renamed(ck.get('config', {}), warn=False).items()
                    if k != 'total_iters' and hasattr(cfg, k) and v != getattr(cfg, k)
                    and not (isinstance(v, (list, tuple)) and tuple(v) == tuple(getattr(cfg, k)))}
         other = {k: v for k, v in changed.items() if k in RUN_IDENTITY}

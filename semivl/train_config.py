@@ -8,9 +8,11 @@ import math
 from dataclasses import dataclass
 
 from .core import Cfg
+from .losses import OLD_GUIDANCE_NAMES
 
 # %% auto #0
-__all__ = ['METHODS', 'TRAIN_PRESETS', 'CONF_MODES', 'RUN_IDENTITY', 'MCC_REDUCE', 'TrainCfg', 'ConfigError', 'check_train_cfg']
+__all__ = ['METHODS', 'TRAIN_PRESETS', 'CONF_MODES', 'RUN_IDENTITY', 'GUIDANCE_REDUCE', 'TrainCfg', 'ConfigError',
+           'check_train_cfg']
 
 # %% ../nbs/10_train_config.ipynb #7e8970e6
 METHODS = ('supervised', 'unimatch', 'semivl')
@@ -18,13 +20,14 @@ METHODS = ('supervised', 'unimatch', 'semivl')
 @dataclass
 class TrainCfg(Cfg):
     "Everything the training step, optimiser, schedule and loop need (VOC headline defaults)"
+    RENAMED = {o: n for o, n in OLD_GUIDANCE_NAMES.items() if o.startswith('mcc_')}  # mcc_* → guidance_* (`semivl.losses`)
     method: str = 'semivl'            # one of `METHODS`
     # --- pseudo-labels and losses
     conf_thresh: float = 0.95         # student pseudo-label confidence threshold (inclusive)
     conf_mode: str = 'pixelwise'      # pixelwise | pixelratio | pixelavg (Cityscapes)
-    mcc_lambda: tuple[float, float] = (0.1, 0.0)  # MaskCLIP guidance weight, linear start → end
-    mcc_conf_thresh: float = 0.9      # MaskCLIP labels below this confidence become 255
-    mcc_loss_reduce: str = 'mean_all' # mean_all | mean_valid | mean
+    guidance_lambda: tuple[float, float] = (0.1, 0.0)  # MaskCLIP guidance weight, linear start → end
+    guidance_conf_thresh: float = 0.9      # MaskCLIP labels below this confidence become 255
+    guidance_loss_reduce: str = 'mean_all' # mean_all | mean_valid | mean
     fp_rate: float = 0.5              # channel-dropout rate of the feature-perturbation branch
     safe_losses: bool = False         # 0 instead of NaN for all-ignored batches (official: NaN)
     # --- optimiser and schedule
@@ -83,7 +86,7 @@ class ConfigError(ValueError):
 
 CONF_MODES = ('pixelwise', 'pixelratio', 'pixelavg')
 RUN_IDENTITY = ('method', 'seed', 'batch_size')  # settings a resume may not change (the schedule may be extended)
-MCC_REDUCE = ('mean_all', 'mean_valid', 'mean')
+GUIDANCE_REDUCE = ('mean_all', 'mean_valid', 'mean')
 
 def _train_cfg_problems(cfg: TrainCfg) -> list[str]:
     from semivl.evaluate import EVAL_MODES
@@ -92,10 +95,10 @@ def _train_cfg_problems(cfg: TrainCfg) -> list[str]:
         if not ok: P.append(msg)
     need(c.method in METHODS, f"method {c.method!r} is not one of {METHODS}")
     need(c.conf_mode in CONF_MODES, f"conf_mode {c.conf_mode!r} is not one of {CONF_MODES}")
-    need(c.mcc_loss_reduce in MCC_REDUCE, f"mcc_loss_reduce {c.mcc_loss_reduce!r} is not one of {MCC_REDUCE}")
+    need(c.guidance_loss_reduce in GUIDANCE_REDUCE, f"guidance_loss_reduce {c.guidance_loss_reduce!r} is not one of {GUIDANCE_REDUCE}")
     need(c.eval_mode in EVAL_MODES, f"eval_mode {c.eval_mode!r} is not one of {EVAL_MODES}")
     need(0 <= c.conf_thresh <= 1, f"conf_thresh {c.conf_thresh} must be in [0, 1]")
-    need(0 <= c.mcc_conf_thresh <= 1, f"mcc_conf_thresh {c.mcc_conf_thresh} must be in [0, 1]")
+    need(0 <= c.guidance_conf_thresh <= 1, f"guidance_conf_thresh {c.guidance_conf_thresh} must be in [0, 1]")
     need(0 <= c.fp_rate < 1, f"fp_rate {c.fp_rate} must be in [0, 1)")
     need(c.lr > 0 and math.isfinite(c.lr), f"lr {c.lr} must be a positive number")
     need(c.weight_decay >= 0, f"weight_decay {c.weight_decay} must be >= 0")

@@ -14,7 +14,7 @@ from PIL import Image
 
 from .core import IGNORE_INDEX, color_palette
 from .panels import (DISAGREEMENT, DISAGREEMENT_PALETTE, LIVE_STATS, PANELS, ImageOutputs, ViewSettings, _fmt,
-                           _mc_labels, _palette_array, _png, _swatch, align_metrics, confidence_colorbar, image_stats,
+                           _guidance_labels, _palette_array, _png, _swatch, align_metrics, confidence_colorbar, image_stats,
                            panel_arrays, plot_panels, rank_images, read_image_metrics)
 from .viewer_model import ViewerModel, _seeded
 
@@ -81,7 +81,7 @@ class ViewerState:
                  batch_size: int = 8,        # images per forward in `precompute`
                 ):
         self.images, self.model, self.batch_size = images, model, batch_size
-        self._img, self._student, self._emb, self._mc, self._aug = {}, {}, {}, {}, {}
+        self._img, self._student, self._emb, self._maskclip, self._aug = {}, {}, {}, {}, {}
 
     def __len__(self): return len(self.images)
 
@@ -113,15 +113,15 @@ class ViewerState:
 
     def maskclip(self, i: int, source: str) -> tuple[np.ndarray, np.ndarray]:
         "(conf, label) of MaskCLIP on image `i` with text `source` (cached)"
-        if (i, source) not in self._mc:
+        if (i, source) not in self._maskclip:
             if i not in self._emb: self.precompute([i], sources=())
             img = self.sample(i)[0]
             if self._emb[i] is None:  # no CLIP: MaskCLIP abstains everywhere
-                self._mc[i, source] = (np.zeros(img.shape[:2], np.float32), np.zeros(img.shape[:2], np.uint8))
+                self._maskclip[i, source] = (np.zeros(img.shape[:2], np.float32), np.zeros(img.shape[:2], np.uint8))
             else:
                 c, l = self.model.maskclip(self._emb[i], source, img.shape[:2])[0].max(0)
-                self._mc[i, source] = (c.numpy(), l.numpy().astype(np.uint8))
-        return self._mc[i, source]
+                self._maskclip[i, source] = (c.numpy(), l.numpy().astype(np.uint8))
+        return self._maskclip[i, source]
 
     def student(self, i: int, source: str) -> tuple[np.ndarray, np.ndarray]:
         "(conf, label) of the student on the weak view of image `i`; the raw MaskCLIP prediction without a student"
@@ -147,8 +147,8 @@ class ViewerState:
         source = source or (self.model.text_sources[0] if self.model.text_sources else None)
         img, gt = self.sample(i)
         conf, label = self.student(i, source)
-        mcc, mcl = self.maskclip(i, source) if source else (np.zeros_like(conf), np.zeros_like(label))
-        out = ImageOutputs(img, conf, label, mcc, mcl, gt, None)
+        g_conf, g_label = self.maskclip(i, source) if source else (np.zeros_like(conf), np.zeros_like(label))
+        out = ImageOutputs(img, conf, label, g_conf, g_label, gt, None)
         if aug == 'weak': return out
         out.image = self._strong(i, seed)
         if aug == 'strong': return out
@@ -159,10 +159,10 @@ class ViewerState:
         box = self._aug[i, seed, 'box'].copy()
         if img2.shape[:2] != (h, w): box &= False  # partners of another size are not mixed
         conf2, label2 = self.student(j, source)
-        mcc2, mcl2 = self.maskclip(j, source) if source else (conf2 * 0, label2 * 0)
+        g_conf2, g_label2 = self.maskclip(j, source) if source else (conf2 * 0, label2 * 0)
         mix = lambda a, b: a if b is None or b.shape[:2] != (h, w) else np.where(box[(...,) + (None,) * (a.ndim - 2)], b, a)
         out.image = mix(out.image, self._strong(j, seed) if img2.shape == img.shape else None)
-        out.conf, out.label, out.mc_conf, out.mc_label = mix(conf, conf2), mix(label, label2), mix(mcc, mcc2), mix(mcl, mcl2)
+        out.conf, out.label, out.guidance_conf, out.guidance_label = mix(conf, conf2), mix(label, label2), mix(g_conf, g_conf2), mix(g_label, g_label2)
         if gt is not None: out.gt = mix(gt, gt2) if gt2 is not None else np.where(box, IGNORE_INDEX, gt).astype(gt.dtype)
         out.box = box
         return out
@@ -176,7 +176,7 @@ class PseudoLabelViewer(widgets.VBox):
                  model: ViewerModel | None = None,     # the adapter (not needed with a `ViewerState`)
                  classes: Sequence[str] | None = None, # class names (default: 'class i')
                  palette=None,                         # (N,3) class colours (default: VOC palette)
-                 thresh: float = 0.95, mc_thresh: float = 0.9, alpha: float = 0.5,
+                 thresh: float = 0.95, guidance_thresh: float = 0.9, alpha: float = 0.5,
                  panel_px: int = 160,                  # minimum displayed panel side
                  seed: int = 0,                        # augmentation / random-button seed
                  image_metrics: dict | str | Path | None = None, # per-image numbers to sort/filter by: a per_image.csv, or {name: values in image order}
@@ -190,7 +190,7 @@ class PseudoLabelViewer(widgets.VBox):
         self.panel_px, self._rng, self.seed = panel_px, np.random.default_rng(seed), seed
         self.rgb, self.maps, self.stats, self.timings = {}, {}, {}, []
         self.metrics, self.order = self._load_metrics(image_metrics), list(range(len(self.state)))
-        self._build(thresh, mc_thresh, alpha)
+        self._build(thresh, guidance_thresh, alpha)
         key = '<br>'.join(f'{_swatch(c)} {n}' for c, n in zip(DISAGREEMENT_PALETTE, DISAGREEMENT))
         side = widgets.VBox([self.stats_html, widgets.HTML(f'<b>disagreement</b><br><span style="font-size:11px">{key}</span>')])
         body = widgets.HBox([self._grid, side], layout=widgets.Layout(align_items='flex-start'))
@@ -198,7 +198,7 @@ class PseudoLabelViewer(widgets.VBox):
         self.update()
 
     # -- layout -------------------------------------------------------------------------------------------------
-    def _build(self, thresh, mc_thresh, alpha):
+    def _build(self, thresh, guidance_thresh, alpha):
         W = widgets
         n = len(self.state)
         self.index = W.IntSlider(0, 0, max(n - 1, 0), description='image', continuous_update=False)
@@ -221,14 +221,14 @@ class PseudoLabelViewer(widgets.VBox):
         wide = {'description_width': 'initial'}
         self.thresh = W.FloatSlider(thresh, min=0, max=1, step=.01, description='student thr', style=wide,
                                     continuous_update=False)
-        self.mc_thresh = W.FloatSlider(mc_thresh, min=0, max=1, step=.01, description='MaskCLIP thr', style=wide,
+        self.guidance_thresh = W.FloatSlider(guidance_thresh, min=0, max=1, step=.01, description='guidance thr', style=wide,
                                        continuous_update=False)
         srcs = list(self.state.model.text_sources) or ['(none)']
         self.text_source = W.Dropdown(options=srcs, value=srcs[0], description='text')
         self.opacity = W.FloatSlider(alpha, min=0, max=1, step=.05, description='opacity', continuous_update=False)
         self.status = W.HTML()
         self._controls = W.VBox([W.HBox([self.index, self.index_box, self.random_btn, self.aug, self.redraw_btn]),
-                                 W.HBox([self.thresh, self.mc_thresh, self.text_source, self.opacity]),
+                                 W.HBox([self.thresh, self.guidance_thresh, self.text_source, self.opacity]),
                                  W.HBox([self.sort_by, self.high_first, self.keep]), self.status])
         self.class_toggles = [W.ToggleButton(True, description=c, tooltip=f'show/hide {c}',
                                              layout=W.Layout(width='auto')) for c in self.classes]
@@ -248,7 +248,7 @@ class PseudoLabelViewer(widgets.VBox):
                                                align_content='flex-start'))
         self._grid.add_class('semivl-viewer-grid')
         self.stats_html = W.HTML(layout=W.Layout(min_width='260px'))
-        for w in (self.index, self.aug, self.thresh, self.mc_thresh, self.text_source, self.opacity, *self.class_toggles):
+        for w in (self.index, self.aug, self.thresh, self.guidance_thresh, self.text_source, self.opacity, *self.class_toggles):
             w.observe(lambda ch: self.update(), names='value')
 
     def _set_all(self, v: bool):
@@ -265,7 +265,7 @@ class PseudoLabelViewer(widgets.VBox):
     @property
     def settings(self) -> ViewSettings:
         vis = tuple(i for i, t in enumerate(self.class_toggles) if t.value)
-        return ViewSettings(self.thresh.value, self.mc_thresh.value, self.opacity.value,
+        return ViewSettings(self.thresh.value, self.guidance_thresh.value, self.opacity.value,
                             None if len(vis) == self.n_classes else vis)
 
     def current_outputs(self) -> ImageOutputs:
@@ -293,12 +293,12 @@ class PseudoLabelViewer(widgets.VBox):
         if key == 'index': return np.arange(len(self.state), dtype=float)
         if key in self.metrics: return self.metrics[key]
         s, src = self.settings, self.text_source.value if self.state.model.text_sources else None
-        tag = (key, s.thresh, s.mc_thresh, src, self.seed)   # the keep slider and 'high first' reuse one pass
+        tag = (key, s.thresh, s.guidance_thresh, src, self.seed)   # the keep slider and 'high first' reuse one pass
         if getattr(self, '_live', (None,))[0] != tag:
             vals = []
             for i in range(len(self.state)):
                 out = self.state.outputs(i, 'weak', src, self.seed)
-                st = image_stats(out.label, out.conf, _mc_labels(out, s), s.thresh, self.n_classes, out.gt, out.ignore)
+                st = image_stats(out.label, out.conf, _guidance_labels(out, s), s.thresh, self.n_classes, out.gt, out.ignore)
                 vals.append(st[LIVE_STATS[key]])
             self._live = (tag, np.array(vals, dtype=float))
         return self._live[1]
@@ -332,7 +332,7 @@ class PseudoLabelViewer(widgets.VBox):
         out, s = self.current_outputs(), self.settings
         k = max(1, min(out.conf.shape) // self.panel_px)  # big images: panels at display resolution, stats at full
         self.rgb, self.maps, self.stats = panel_arrays(_subsample(out, k), s, self.palette, self.n_classes, k == 1)
-        if k > 1: self.stats = image_stats(out.label, out.conf, _mc_labels(out, s), s.thresh, self.n_classes, out.gt, out.ignore)
+        if k > 1: self.stats = image_stats(out.label, out.conf, _guidance_labels(out, s), s.thresh, self.n_classes, out.gt, out.ignore)
         for k, w in self.panels.items():
             a = self.rgb[k]
             self._boxes[k].layout.display = 'none' if a is None else None
@@ -347,10 +347,10 @@ class PseudoLabelViewer(widgets.VBox):
 
     def _stats_table(self) -> str:
         s = self.stats
-        rows = [('kept (student ≥ thr)', f"{s['kept']:.1%}"), ('MaskCLIP labelled', f"{s['maskclip_labelled']:.1%}"),
-                ('trained on', f"{s['trained']:.1%}"), ('student = MaskCLIP', f"{s['agree']:.1%}"),
+        rows = [('kept (student ≥ thr)', f"{s['kept']:.1%}"), ('guidance labelled', f"{s['guidance_labelled']:.1%}"),
+                ('trained on', f"{s['trained']:.1%}"), ('student = guidance', f"{s['agree']:.1%}"),
                 ('acc student (all)', _fmt(s['acc_student'])), ('acc student (kept)', _fmt(s['acc_kept'])),
-                ('acc MaskCLIP', _fmt(s['acc_maskclip'])), ('acc target', _fmt(s['acc_target']))]
+                ('acc guidance', _fmt(s['acc_guidance'])), ('acc target', _fmt(s['acc_target']))]
         rows += [(f'target from {k}', f'{v:.1%}') for k, v in s['sources'].items()]
         html = '<table style="font-size:12px">' + ''.join(f'<tr><td>{a}</td><td align="right">{b}</td></tr>' for a, b in rows)
         html += '</table><table style="font-size:11px"><tr><th></th><th>GT</th><th>kept</th><th>MC</th><th>target</th></tr>'

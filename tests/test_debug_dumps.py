@@ -66,16 +66,16 @@ def test_dumps_hold_the_steps_tensors_on_the_right_iterations(runs):
         assert (z['iteration'], z['method'], z['class_names'], z['num_classes']) == (it, 'semivl', info['classes'], 11)
         np.testing.assert_allclose(z['loss'], float(log[it]['train/loss']), rtol=1e-5)  # the step logged as `it`
         for k in ('img_x', 'img_w', 'img_s1', 'img_s2'): assert z[k].shape == (2, 64, 64, 3) and z[k].dtype == np.uint8, k
-        for k in ('mask_x', 'pred_x', 'label_w', 'label_s1', 'mclip_w', 'mclip_s2', 'ignore_w', 'box1'):
+        for k in ('mask_x', 'pred_x', 'label_w', 'label_s1', 'guidance_w', 'guidance_s2', 'ignore_w', 'box1'):
             assert z[k].shape == (2, 64, 64) and z[k].dtype == np.uint8, k
         for k in ('conf_x', 'conf_w', 'conf_s1', 'conf_s2'):
             assert z[k].dtype == np.float16 and 1 / 11 - 1e-3 <= z[k].min() and z[k].max() <= 1, k
         assert set(np.unique(z['ignore_w'])) <= {0, IGNORE_INDEX}
-        assert (z['mclip_w'][z['ignore_w'] == IGNORE_INDEX] == IGNORE_INDEX).all()   # padding: no MaskCLIP label
+        assert (z['guidance_w'][z['ignore_w'] == IGNORE_INDEX] == IGNORE_INDEX).all()   # padding: no MaskCLIP label
         for k, i in (('s1', '1'), ('s2', '2')):        # outside its CutMix box a strong view's maps are the weak view's
             out = z[f'box{i}'] == 0
             boxed += (~out).sum()
-            for m in ('label', 'conf', 'ignore', 'mclip'):
+            for m in ('label', 'conf', 'ignore', 'guidance'):
                 np.testing.assert_array_equal(z[f'{m}_{k}'][out], z[f'{m}_w'][out], err_msg=f'{m}_{k}')
     assert boxed > 0                                   # (CutMix boxes are drawn with p=0.5: some images have none)
     with np.load(dumps.paths[0]) as raw:                                    # the reader returns the file's arrays
@@ -97,7 +97,7 @@ def test_viewer_shows_exactly_the_dump(runs):
                 v.view.value = view
                 np.testing.assert_array_equal(v.rgb['image'], z[f'img_{k}'][j])
                 np.testing.assert_array_equal(v.maps['student'], z[f'label_{k}'][j])
-                np.testing.assert_array_equal(v.maps['maskclip'], z[f'mclip_{k}'][j])
+                np.testing.assert_array_equal(v.maps['guidance'], z[f'guidance_{k}'][j])
                 np.testing.assert_array_equal(v.maps['conf'], z[f'conf_{k}'][j].astype(np.float32))
                 keep = (z[f'conf_{k}'][j] >= z['conf_thresh']) & (z[f'ignore_{k}'][j] != IGNORE_INDEX)
                 np.testing.assert_array_equal(v.maps['kept'], keep)
@@ -119,3 +119,21 @@ def test_a_fresh_run_removes_an_older_runs_dumps(runs, tmp_path):
     shutil.copytree(d / 'on' / 'debug', tmp_path / 'debug')
     toy_run(tmp_path, iters=1, resume=False)
     assert list((tmp_path / 'debug').iterdir()) == []
+
+
+def test_an_old_dump_reads_under_todays_names(runs, tmp_path):
+    "A dump of an earlier version (mclip_w, mcc_lambda, loss_mc_s1...) opens in the viewer under today's names"
+    from semivl.losses import OLD_GUIDANCE_NAMES
+    d, info = runs
+    new = DebugDumps(d / 'on').load(4)
+    old_name = {n: o for o, n in OLD_GUIDANCE_NAMES.items()}
+    with np.load(d / 'on' / 'debug' / 'it000004.npz') as z: arrays = {old_name.get(k, k): z[k] for k in z.files}
+    assert {'mclip_w', 'mclip_s1', 'mcc_lambda', 'mcc_conf_thresh', 'loss_mc_s1'} <= set(arrays)
+    (tmp_path / 'debug').mkdir(); np.savez_compressed(tmp_path / 'debug' / 'it000004.npz', **arrays)
+    old = DebugDumps(tmp_path).load(4)
+    assert set(old) == set(new) and not any(k.startswith(('mclip', 'mcc', 'loss_mc')) for k in old)
+    np.testing.assert_array_equal(old['guidance_s1'], new['guidance_s1']); assert old['guidance_lambda'] == new['guidance_lambda']
+    v = DebugDumpViewer(tmp_path, palette=info['palette'])
+    v.view.value = 'strong 1'
+    np.testing.assert_array_equal(v.maps['guidance'], new['guidance_s1'][v.image.value])
+    assert v.rgb['guidance'] is not None

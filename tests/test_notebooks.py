@@ -53,7 +53,7 @@ def test_train_notebook_writes_final_metrics(trained, method):
     assert "guidance labels (conf >= 0.9): cover" in _outputs(nb)
     chunk = -(-3 // SNAPSHOTS[method])                                  # debug dumps every chunk length
     assert sorted(p.name for p in (out/'debug').glob('it*.npz')) == [f'it{i:06d}.npz' for i in range(chunk, 4, chunk)]
-    if method == 'semivl': assert 'train/loss_mc_fp' in rows[0]
+    if method == 'semivl': assert 'train/loss_guidance_fp' in rows[0]
     if method == 'supervised': assert 'train/loss_s1' not in rows[0]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     images = {}
@@ -148,7 +148,7 @@ def test_viewer_ranks_images_by_the_evaluate_notebooks_per_image_miou(trained, t
                         parameters=dict(checkpoint=str(out/'model.safetensors'), val_limit=8, n_show=1,
                                         out_dir=str(tmp_path)), progress_bar=False)
     rows = list(csv.DictReader(open(tmp_path/'per_image.csv')))
-    assert len(rows) == 8 and {'miou', 'acc', 'kept', 'maskclip_agree'} <= set(rows[0])
+    assert len(rows) == 8 and {'miou', 'acc', 'kept', 'guidance_agree'} <= set(rows[0])
     viewer = toy_viewer('val', checkpoint=out/'model.safetensors', image_metrics=tmp_path/'per_image.csv')
     viewer.sort_by.value = 'miou'; viewer.high_first.value = True
     seen = []

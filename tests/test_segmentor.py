@@ -100,11 +100,12 @@ def test_train_step_forwards(model128, golden):
         s1, s2 = model128(torch.cat([_t(g['img_s1_mixed']), _t(g['img_s2_mixed'])])).chunk(2)
         np.testing.assert_allclose(s1[:, :, ::2, ::2].numpy(), g['pred_s1_stride2'], **TOL)
         np.testing.assert_allclose(s2[:, :, ::2, ::2].numpy(), g['pred_s2_stride2'], **TOL)
-    mc = model128.maskclip_pseudo_label(torch.cat([_t(g['img_w']), _t(g['img_w_other'])]), conf_thresh=0.9)
-    mclip, mclip_other = mc.chunk(2)
-    mclip[torch.from_numpy(g['ignore_mask']) == 255] = 255
-    mclip_other[torch.from_numpy(g['ignore_mask_other']) == 255] = 255
-    assert _frac_diff(mclip, g['mclip']) < 1e-3 and _frac_diff(mclip_other, g['mclip_other']) < 1e-3
+    labels = model128.maskclip_pseudo_label(torch.cat([_t(g['img_w']), _t(g['img_w_other'])]), conf_thresh=0.9)
+    guidance, guidance_other = labels.chunk(2)
+    guidance[torch.from_numpy(g['ignore_mask']) == 255] = 255
+    guidance_other[torch.from_numpy(g['ignore_mask_other']) == 255] = 255
+    # the reference's (official) names: mclip, mclip_other
+    assert _frac_diff(guidance, g['mclip']) < 1e-3 and _frac_diff(guidance_other, g['mclip_other']) < 1e-3
 
 
 def test_trainable_params_and_groups(model128, golden):

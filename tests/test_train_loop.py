@@ -172,7 +172,7 @@ def test_toy_world_semivl_smoke(tmp_path):
     rows = list(csv.DictReader(open(tmp_path / 'metrics.csv')))
     assert [row['it'] for row in rows] == ['1', '2', '2'] and rows[-1]['eval/mIoU'] != ''
     for row in rows[:2]:
-        for k in ('train/loss', 'train/loss_x', 'train/loss_mc_fp'): assert np.isfinite(float(row[k])), k
+        for k in ('train/loss', 'train/loss_x', 'train/loss_guidance_fp'): assert np.isfinite(float(row[k])), k
     ck = load_checkpoint(tmp_path / 'best.pt')
     assert ck['iteration'] == 2 and ck['config']['method'] == 'semivl' and ck['eval']['miou'] == r['best_miou']
     moved = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
@@ -233,3 +233,72 @@ def test_resume_of_a_finished_run_trains_nothing(tmp_path):
     assert r['iteration'] == 2
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert load_checkpoint(tmp_path/'last.pt')['iteration'] == 2
+
+
+def test_old_guidance_config_names_map_with_a_warning():
+    "Configs of earlier versions (mcc_lambda, mcc_conf_thresh, mcc_loss_reduce) load under today's names, with a warning"
+    from semivl.train_config import TrainCfg
+    old = dict(mcc_lambda=[0.2, 0.0], mcc_conf_thresh=0.8, mcc_loss_reduce='mean', lr=1e-3)
+    with pytest.warns(DeprecationWarning) as w:
+        cfg = TrainCfg.from_dict(old)
+    assert (cfg.guidance_lambda, cfg.guidance_conf_thresh, cfg.guidance_loss_reduce, cfg.lr) == ((0.2, 0.0), 0.8, 'mean', 1e-3)
+    msgs = sorted(str(x.message) for x in w)
+    assert len(msgs) == 3 and all('is deprecated: it is now called' in m for m in msgs)
+    assert any("mcc_lambda" in m and "'guidance_lambda'" in m for m in msgs)
+    with pytest.warns(DeprecationWarning, match="now called 'guidance_conf_thresh'"):
+        assert TrainCfg().update(mcc_conf_thresh=0.7).guidance_conf_thresh == 0.7
+    with pytest.raises(KeyError, match="give 'guidance_lambda' only"):
+        TrainCfg().update(mcc_lambda=(0.1, 0.), guidance_lambda=(0.1, 0.))
+    assert not any(k.startswith('mcc') for k in TrainCfg().to_dict())             # new files carry today's names only
+
+
+def test_an_old_runs_metrics_csv_gets_todays_columns(tmp_path):
+    "Resuming a run of an earlier version renames its train/loss_mc_* and train/mcc_lambda columns"
+    import csv
+    from semivl.train import MetricLog
+    (tmp_path/'metrics.csv').write_text('it,train/loss,train/loss_mc_s1,train/mcc_lambda\n1,2.0,0.5,0.1\n')
+    log = MetricLog(tmp_path, tensorboard=False)
+    log.log(2, **{'train/loss': 1.5, 'train/loss_guidance_s1': 0.4, 'train/guidance_lambda': 0.09})
+    rows = list(csv.DictReader(open(tmp_path/'metrics.csv')))
+    assert list(rows[0]) == ['it', 'train/loss', 'train/loss_guidance_s1', 'train/guidance_lambda']
+    assert [r['train/loss_guidance_s1'] for r in rows] == ['0.5', '0.4']
+
+
+def test_an_old_checkpoint_resumes_and_evaluates(tmp_path):
+    "A last.pt / model.pt whose config holds the old mcc_* names resumes (changes still detected) and evaluates"
+    import warnings
+    import torch.nn.functional as F
+    from semivl.checkpoint import save_checkpoint
+    from semivl.data import build_loader, semi_datasets
+    from semivl.run_eval import checkpoint_configs
+    from semivl.segmentor import ModelCfg, SemiVLSegmentor
+    from semivl.toyclip import create_toy_clip
+    from semivl.toyworld import ensure_toyworld
+    from semivl.train import train
+    from semivl.train_config import TrainCfg
+    torch.manual_seed(0)
+    ds = semi_datasets(ensure_toyworld(), '20', uint8=True)
+    model = SemiVLSegmentor(ModelCfg.preset('toy'), create_toy_clip(), F.normalize(torch.randn(11, 128), dim=-1))
+    lx = build_loader(ds['train_l'], batch_size=2, num_workers=0)
+    cfg = TrainCfg(method='supervised', epochs=None, iters=4, log_every=1, guidance_conf_thresh=0.8)
+    train(cfg, model, lx, None, out_dir=tmp_path, stop_after=2, progress=False)
+    ck = load_checkpoint(tmp_path/'last.pt')
+    old = {{'guidance_lambda': 'mcc_lambda', 'guidance_conf_thresh': 'mcc_conf_thresh',
+            'guidance_loss_reduce': 'mcc_loss_reduce'}.get(k, k): v for k, v in ck['config'].items()}
+    assert 'mcc_conf_thresh' in old and not any(k.startswith('guidance') for k in old)
+    save_checkpoint(tmp_path/'last.pt', {**ck, 'config': old})
+    with warnings.catch_warnings():                   # the same settings under their old names: no warning at all
+        warnings.simplefilter('error')
+        r = train(cfg, model, lx, None, out_dir=tmp_path, resume=True, stop_after=3, progress=False)
+    assert r['iteration'] == 3
+    ck = load_checkpoint(tmp_path/'last.pt')
+    assert ck['config']['guidance_conf_thresh'] == 0.8 and 'mcc_conf_thresh' not in ck['config']   # saved anew
+    save_checkpoint(tmp_path/'last.pt', {**ck, 'config': {**old, 'mcc_conf_thresh': 0.5}})
+    with pytest.warns(UserWarning, match=r"changed config .*'guidance_conf_thresh': \(0.5, 0.8\)"):
+        assert train(cfg, model, lx, None, out_dir=tmp_path, resume=True, stop_after=4, progress=False)['iteration'] == 4
+    # evaluation reads the training config of a model.pt (train_cfg) or last.pt (config) with the old names, silently
+    for key in ('train_cfg', 'config'):
+        with warnings.catch_warnings():
+            warnings.simplefilter('error')
+            mcfg, tcfg = checkpoint_configs({'model_cfg': ModelCfg.preset('toy').to_dict(), key: old}, 'toy')
+        assert tcfg.guidance_conf_thresh == 0.8 and tcfg.guidance_lambda == cfg.guidance_lambda

@@ -13,7 +13,7 @@ from semivl.viewer import (AUGS, PANELS, PseudoLabelViewer, ViewerModel, ViewerS
                            panel_arrays, plot_panels)
 from semivl.panels import overlay, training_target
 
-OVERLAY_PANELS = ('MaskCLIP', 'student', 'kept', 'target')  # panels that draw class colours over the input
+OVERLAY_PANELS = ('guidance', 'student', 'kept', 'target')  # panels that draw class colours over the input
 
 
 def stub_model(n_classes=4, dim=8, seed=0, student=True):
@@ -64,12 +64,12 @@ def test_overlay_hides_exactly_the_toggled_class():
 def test_target_follows_the_losses():
     rng = np.random.default_rng(2)
     label = rng.integers(0, 4, (16, 16)); conf = rng.random((16, 16)).astype(np.float32)
-    mc = np.where(rng.random((16, 16)) < .5, rng.integers(0, 4, (16, 16)), IGNORE_INDEX)
-    tgt, src = training_target(label, conf, mc, .7)
+    guide = np.where(rng.random((16, 16)) < .5, rng.integers(0, 4, (16, 16)), IGNORE_INDEX)
+    tgt, src = training_target(label, conf, guide, .7)
     keep = conf >= .7
     np.testing.assert_array_equal(tgt[keep], label[keep])                       # consistency loss wins where kept
-    np.testing.assert_array_equal(tgt[~keep], mc[~keep])                         # else MaskCLIP (or nothing)
-    assert ((src == 0) == (~keep & (mc == IGNORE_INDEX))).all()
+    np.testing.assert_array_equal(tgt[~keep], guide[~keep])                         # else MaskCLIP (or nothing)
+    assert ((src == 0) == (~keep & (guide == IGNORE_INDEX))).all()
 
 
 def test_every_control_threshold_monotone(viewer):
@@ -83,8 +83,8 @@ def test_every_control_threshold_monotone(viewer):
     assert all(a >= b for a, b in zip(kept, kept[1:])), kept
     assert kept[0] == 64 * 64 and kept[-1] < kept[0]
     for t in np.linspace(0, 1, 11):
-        viewer.mc_thresh.value = float(t)
-        labelled.append(int((viewer.maps['maskclip'] != IGNORE_INDEX).sum()))
+        viewer.guidance_thresh.value = float(t)
+        labelled.append(int((viewer.maps['guidance'] != IGNORE_INDEX).sum()))
     assert all(a >= b for a, b in zip(labelled, labelled[1:])), labelled
     assert labelled[0] == 64 * 64
 
@@ -93,7 +93,7 @@ def test_class_toggle_hides_exactly_its_pixels(viewer):
     viewer.thresh.value = 0.5
     before = {k: viewer.rgb[k].copy() for k in OVERLAY_PANELS + ('ground truth',)}
     maps = dict(viewer.maps)
-    names = dict(zip(OVERLAY_PANELS + ('ground truth',), ('maskclip', 'student', 'kept_label', 'target', 'gt')))
+    names = dict(zip(OVERLAY_PANELS + ('ground truth',), ('guidance', 'student', 'kept_label', 'target', 'gt')))
     for c in range(4):
         viewer.class_toggles[c].value = False
         for panel, key in names.items():
@@ -118,7 +118,7 @@ def test_opacity_text_source_and_views(viewer):
     seen = {}
     for src in viewer.text_source.options:
         viewer.text_source.value = src
-        seen[src] = viewer.maps['maskclip'].copy()
+        seen[src] = viewer.maps['guidance'].copy()
     assert set(seen) == {'single', 'definitions', 'concepts'}
     assert not np.array_equal(seen['single'], seen['concepts'])
     weak = viewer.rgb['image'].copy(); student = viewer.maps['student'].copy()
@@ -173,8 +173,8 @@ def test_no_gt_and_zero_shot_clip_only():
     v = PseudoLabelViewer(fake_images(3, with_gt=False), stub_model(student=False))
     assert v.rgb['ground truth'] is None and v._boxes['ground truth'].layout.display == 'none'
     assert np.isnan(v.stats['acc_kept'])
-    mc_conf, mc_label = v.state.maskclip(0, 'single')
-    np.testing.assert_array_equal(v.maps['student'], mc_label)  # zero-shot: the raw MaskCLIP prediction
+    guidance_conf, guidance_label = v.state.maskclip(0, 'single')
+    np.testing.assert_array_equal(v.maps['student'], guidance_label)  # zero-shot: the raw MaskCLIP prediction
     assert 'zero-shot' in v.status.value
     v.thresh.value = .1; v.aug.value = 'cutmix'; v.text_source.value = 'concepts'
     assert v.state.model.calls['student'] == 0
@@ -205,7 +205,7 @@ def test_big_images_draw_at_display_resolution():
     assert v.rgb['image'].shape == (100, 100, 3)
     np.testing.assert_array_equal(v.rgb['image'], imgs[0][0][::4, ::4])
     out = v.current_outputs()
-    full = image_stats(out.label, out.conf, np.where(out.mc_conf >= .9, out.mc_label, IGNORE_INDEX), .95, 4, out.gt)
+    full = image_stats(out.label, out.conf, np.where(out.guidance_conf >= .9, out.guidance_label, IGNORE_INDEX), .95, 4, out.gt)
     assert v.stats['kept'] == full['kept'] and np.array_equal(v.stats['counts'], full['counts'])
 
 
@@ -241,7 +241,7 @@ def test_toy_world_fresh_student_zero_shot_and_checkpoint(tmp_path):
     assert kept == sorted(kept, reverse=True) and kept[0] == SIZE * SIZE
     ts = []
     for t in (.5, .7, .9):
-        t0 = time.perf_counter(); v.mc_thresh.value = t; ts.append(time.perf_counter() - t0)
+        t0 = time.perf_counter(); v.guidance_thresh.value = t; ts.append(time.perf_counter() - t0)
     assert max(ts) < .5, ts
     zs = toy_viewer('val', student=False)                     # the zero-shot CLIP alone
     np.testing.assert_array_equal(zs.maps['student'], zs.state.maskclip(0, 'guidance')[1])
@@ -256,10 +256,10 @@ def test_toy_world_fresh_student_zero_shot_and_checkpoint(tmp_path):
     np.testing.assert_allclose(vc.state.student(0, 'single')[0], conf.numpy(), atol=1e-5)
     assert not np.allclose(vc.state.student(0, 'single')[0], v.state.student(0, 'single')[0])
     # the 'guidance' source is the model's MaskCLIP with its bias: the training's labels at the 0.9 threshold
-    mc_conf, mc_label = vc.state.maskclip(0, 'guidance')
+    guidance_conf, guidance_label = vc.state.maskclip(0, 'guidance')
     want = seg.maskclip_pseudo_label(_to_input(img)[None], 0.9)[0].numpy()
-    assert (np.where(mc_conf >= .9, mc_label, IGNORE_INDEX) != want).mean() < 1e-3
-    assert not np.array_equal(mc_label, vc.state.maskclip(0, 'prompts')[1])    # same text without the bias
+    assert (np.where(guidance_conf >= .9, guidance_label, IGNORE_INDEX) != want).mean() < 1e-3
+    assert not np.array_equal(guidance_label, vc.state.maskclip(0, 'prompts')[1])    # same text without the bias
     old = {k: v for k, v in seg.state_dict().items() if k != 'guidance_bias'}   # a checkpoint from before the bias
     torch.save({'model': old}, tmp_path/'old.pth')
     assert toy_viewer('val', checkpoint=tmp_path/'old.pth').state.model.biases['guidance'].abs().sum() == 0
@@ -269,14 +269,14 @@ def test_toy_world_fresh_student_zero_shot_and_checkpoint(tmp_path):
 
 def test_live_ranking_orders_by_the_statistic_and_reuses_its_pass(viewer):
     "Sorting by a live statistic walks the images in its order; moving the keep range does not recompute it"
-    viewer.sort_by.value = 'live: student = MaskCLIP'; viewer.high_first.value = True
-    vals = viewer.sort_values('live: student = MaskCLIP')
+    viewer.sort_by.value = 'live: student = guidance'; viewer.high_first.value = True
+    vals = viewer.sort_values('live: student = guidance')
     assert len(vals) == len(viewer.state) and list(vals[viewer.order]) == sorted(vals[~np.isnan(vals)], reverse=True)
     first = viewer._live
     viewer.keep.value = (float(np.nanmedian(vals)), viewer.keep.max)
     assert viewer._live is first and all(vals[i] >= np.nanmedian(vals) for i in viewer.order)
     viewer.thresh.value = 0.5                                  # another threshold: a new pass
-    viewer.sort_values('live: student = MaskCLIP'); assert viewer._live is not first
+    viewer.sort_values('live: student = guidance'); assert viewer._live is not first
 
 
 def test_toy_segmentor_builds_the_model_a_checkpoint_describes(tmp_path):

@@ -145,7 +145,7 @@ def test_viewer_renders_in_jupyterlab(tmp_path):
     assert facts['sliders'] >= 3, facts               # image picker, two thresholds, opacity
     assert facts['toggle_buttons'] >= 11, facts       # one per toy-world class
     assert min(facts['panel_size']) >= 64, facts
-    for word in ('student thr', 'MaskCLIP thr', 'kept', 'target', 'disagreement'): assert word in facts['text'], word
+    for word in ('student thr', 'guidance thr', 'kept', 'target', 'disagreement'): assert word in facts['text'], word
     assert shot.exists() and shot.stat().st_size > 10_000
     print(f"rendered in {facts['seconds']:.1f}s; screenshot {shot}")
 
