@@ -72,11 +72,14 @@ TRAIN_PRESETS = {
     'cityscapes': dict(lr=5e-5, backbone_lr_mult=0.1, conv_encoder_lr_mult=0.1, batch_size=8, epochs=None,
                        iters=83760, conf_mode='pixelavg', eval_mode='sliding_window', eval_crop=801,
                        eval_stride=None),
-    # the toy world on a CPU: every SemiVL setting of VOC, VOC's lr, a short schedule (400 iterations of 4 + 4 images,
-    # minutes), a 50-iteration warmup and a 10x larger backbone lr multiplier for the small model. At lr 3e-4 the
-    # fresh decoder could sit on uniform logits (loss ln 11) for up to 250 of the 400 iterations: 2,000 labeled images
-    # then scored 42.9 mIoU (seed 0); at 1e-4 the same run scores 66.3 and no run stalls (README: toy results)
-    'toy': dict(lr=1e-4, backbone_lr_mult=0.1, batch_size=4, epochs=None, iters=400, warmup_iters=50,
+    # the toy world on a CPU: every SemiVL setting of VOC and VOC's lr; deviations, each measured (README: toy results):
+    # - 2 epochs of the 2,000 unlabeled images (990 iterations of 4 + 4 images, minutes). At 400 iterations extra labels
+    #   were worth nothing (all 2,000 labeled: 68.5 mIoU, 20 labeled: 69.9), so no unlabeled signal could help; at 990
+    #   the 2,000 labels score 76.2 and the 20 labels 66.4 (seed 0): the room semi-supervision is for
+    # - backbone lr x1 (VOC x0.01): the 4-block tiny CLIP must learn texture in 990 steps, not 80 epochs
+    # - a 50-iteration warmup. At lr 3e-4 the fresh decoder could sit on uniform logits (loss ln 11) for up to 250 of
+    #   400 iterations (2,000 labeled images then scored 42.9 mIoU, seed 0); at 1e-4 no run stalls
+    'toy': dict(lr=1e-4, backbone_lr_mult=1.0, batch_size=4, epochs=2, iters=None, warmup_iters=50,
                 eval_mode='zegclip_sliding_window', eval_crop=64, eval_stride=43, log_every=10),
 }
 

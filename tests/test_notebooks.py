@@ -50,7 +50,7 @@ def test_train_notebook_writes_final_metrics(trained, method):
     pl = json.loads((out/'pseudo_labels.json').read_text())   # measured on val_limit unlabeled images, every class + objects
     assert pl['images'] == 6 and pl['thresholds'] == {'student': 0.95, 'guidance': 0.9} and len(pl['rows']) == 12
     assert pl['rows'][-1]['class'] == 'objects' and 0 <= pl['rows'][-1]['guidance coverage'] <= 100
-    assert "guidance labels (conf >= 0.9): cover" in _outputs(nb)
+    assert "guidance labels (conf >= 0.9): cover" in _outputs(nb) and "of the object pixels" in _outputs(nb)
     chunk = -(-3 // SNAPSHOTS[method])                                  # debug dumps every chunk length
     assert sorted(p.name for p in (out/'debug').glob('it*.npz')) == [f'it{i:06d}.npz' for i in range(chunk, 4, chunk)]
     if method == 'semivl': assert 'train/loss_guidance_fp' in rows[0]
