@@ -9,8 +9,8 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['PSEUDO_NOTE', 'ROW_FIELDS', 'sweep_grid', 'run_one', 'run_grid', 'run_rows', 'mean_std', 'summarize',
-           'markdown_table', 'class_iou_table', 'pseudo_label_table', 'write_tables', 'parse_value', 'get_args_parser',
-           'main']
+           'markdown_table', 'mean_table', 'class_iou_table', 'pseudo_label_table', 'write_tables', 'parse_value',
+           'get_args_parser', 'main']
 
 # %% ../nbs/12_sweep.ipynb #a4ca1344
 def sweep_grid(methods: list[str] = ('supervised', 'unimatch', 'semivl'), # training methods
@@ -136,28 +136,27 @@ def markdown_table(rows: list[dict], cols: list[str], fmt: dict | None = None) -
     lines += ['| ' + ' | '.join(cell(r, c) for c in cols) + ' |' for r in rows]
     return '\n'.join(lines)
 
-def class_iou_table(results: list[dict]) -> str:
-    "Markdown table: per (split, method), each class's IoU averaged over the successful runs that report it"
+def mean_table(results: list[dict], key: str, # run results; the dict of numbers each run reports under `key`
+               skip: tuple = ('class',),            # entries of that dict that are labels, not numbers
+              ) -> str:
+    "Markdown table: per (split, method), each number of `r[key]` averaged over the successful runs that report it"
     groups = {}
     for r in results:
-        if r.get('status') in ('ok', 'cached') and r.get('iou_per_class'):
-            groups.setdefault((str(r.get('split', '')), r.get('method', '')), []).append(r['iou_per_class'])
+        if r.get('status') in ('ok', 'cached') and r.get(key):
+            groups.setdefault((str(r.get('split', '')), r.get('method', '')), []).append(r[key])
     if not groups: return ''
-    classes = list(next(iter(groups.values()))[0])
-    rows = [dict(split=s, method=m, n=len(v), **{c: sum(x.get(c, 0.) for x in v) / len(v) for c in classes})
+    cols = [c for c in next(iter(groups.values()))[0] if c not in skip]
+    rows = [dict(split=s, method=m, n=len(v), **{c: sum(x.get(c, 0.) for x in v) / len(v) for c in cols})
             for (s, m), v in groups.items()]
-    return markdown_table(rows, ['split', 'method', 'n'] + classes, {c: (lambda v: f'{float(v):.1f}') for c in classes})
+    return markdown_table(rows, ['split', 'method', 'n'] + cols, {c: (lambda v: f'{float(v):.1f}') for c in cols})
+
+def class_iou_table(results: list[dict]) -> str:
+    "Per (split, method), each class's IoU averaged over the runs (`mean_table` of 'iou_per_class')"
+    return mean_table(results, 'iou_per_class', skip=())
 
 def pseudo_label_table(results: list[dict]) -> str:
-    "Markdown table: per (split, method), the object pixels' pseudo-label coverage and precision, averaged over runs"
-    groups = {}
-    for r in results:
-        if r.get('status') in ('ok', 'cached') and r.get('pseudo_labels'):
-            groups.setdefault((str(r.get('split', '')), r.get('method', '')), []).append(r['pseudo_labels'])
-    if not groups: return ''
-    cols = [c for c in next(iter(groups.values()))[0] if c != 'class']
-    rows = [dict(split=s, method=m, n=len(v), **{c: sum(x[c] for x in v) / len(v) for c in cols}) for (s, m), v in groups.items()]
-    return markdown_table(rows, ['split', 'method', 'n'] + cols, {c: (lambda v: f'{float(v):.1f}') for c in cols})
+    "Per (split, method), the object pixels' pseudo-label coverage and precision averaged over the runs"
+    return mean_table(results, 'pseudo_labels')
 
 def write_tables(rows: list[dict],       # from `run_rows`
                  csv_path: str | Path,   # one row per run

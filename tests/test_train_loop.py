@@ -208,21 +208,26 @@ def test_bf16_autocast_on_cpu_where_native(tmp_path, monkeypatch, pretend_no_bf1
     assert any(f'amp_bf16: {why}' in str(x.message) for x in w) != native
 
 
-def test_resume_of_a_finished_run_trains_nothing(tmp_path):
-    "resume=True at (or past) stop_after returns the same weights and iteration; resume=True without a checkpoint is an error"
-    import warnings
+def _toy_supervised(**cfg):
+    "(TrainCfg, model, labeled loader) of a 4-iteration supervised toy run with a random tiny CLIP"
     import torch.nn.functional as F
     from semivl.data import build_loader, semi_datasets
     from semivl.segmentor import ModelCfg, SemiVLSegmentor
     from semivl.toyclip import create_toy_clip
     from semivl.toyworld import ensure_toyworld
-    from semivl.train import train
     from semivl.train_config import TrainCfg
     torch.manual_seed(0)
     ds = semi_datasets(ensure_toyworld(), '20', uint8=True)
     model = SemiVLSegmentor(ModelCfg.preset('toy'), create_toy_clip(), F.normalize(torch.randn(11, 128), dim=-1))
     lx = build_loader(ds['train_l'], batch_size=2, num_workers=0)
-    cfg = TrainCfg(method='supervised', epochs=None, iters=4, log_every=1)
+    return TrainCfg(method='supervised', epochs=None, iters=4, log_every=1, **cfg), model, lx
+
+
+def test_resume_of_a_finished_run_trains_nothing(tmp_path):
+    "resume=True at (or past) stop_after returns the same weights and iteration; resume=True without a checkpoint is an error"
+    import warnings
+    from semivl.train import train
+    cfg, model, lx = _toy_supervised()
     with pytest.raises(FileNotFoundError, match="holds no checkpoint .* resume='auto'"):
         train(cfg, model, lx, None, out_dir=tmp_path, resume=True, stop_after=2, progress=False)
     train(cfg, model, lx, None, out_dir=tmp_path, resume='auto', stop_after=2, progress=False)   # nothing yet: a new run
@@ -267,20 +272,11 @@ def test_an_old_runs_metrics_csv_gets_todays_columns(tmp_path):
 def test_an_old_checkpoint_resumes_and_evaluates(tmp_path):
     "A last.pt / model.pt whose config holds the old mcc_* names resumes (changes still detected) and evaluates"
     import warnings
-    import torch.nn.functional as F
     from semivl.checkpoint import save_checkpoint
-    from semivl.data import build_loader, semi_datasets
     from semivl.run_eval import checkpoint_configs
-    from semivl.segmentor import ModelCfg, SemiVLSegmentor
-    from semivl.toyclip import create_toy_clip
-    from semivl.toyworld import ensure_toyworld
+    from semivl.segmentor import ModelCfg
     from semivl.train import train
-    from semivl.train_config import TrainCfg
-    torch.manual_seed(0)
-    ds = semi_datasets(ensure_toyworld(), '20', uint8=True)
-    model = SemiVLSegmentor(ModelCfg.preset('toy'), create_toy_clip(), F.normalize(torch.randn(11, 128), dim=-1))
-    lx = build_loader(ds['train_l'], batch_size=2, num_workers=0)
-    cfg = TrainCfg(method='supervised', epochs=None, iters=4, log_every=1, guidance_conf_thresh=0.8)
+    cfg, model, lx = _toy_supervised(guidance_conf_thresh=0.8)
     train(cfg, model, lx, None, out_dir=tmp_path, stop_after=2, progress=False)
     ck = load_checkpoint(tmp_path/'last.pt')
     old = {{'guidance_lambda': 'mcc_lambda', 'guidance_conf_thresh': 'mcc_conf_thresh',
