@@ -3,6 +3,7 @@
 set (`1_16` = round(n/16), as the official ADE20K splits were made).
 
     python data_scripts/make_splits.py --root ~/data/voc --sizes 50 100 --seed 1
+    python data_scripts/make_splits.py --root ~/.cache/semivl/toyworld/v3 --sizes 20 --seed 1 --name-format '{size}_s{seed}'
     python data_scripts/make_splits.py --root ~/my_data --sizes 1_8 1_4 --pool ~/my_data/train.txt
 """
 import argparse
@@ -26,7 +27,8 @@ def main(args):
         n = parse_size(s, len(pool))
         if n < 1: raise DataError(f"split {s!r} gives {n} labeled images from a pool of {len(pool)}")
         name = args.name_format.format(size=s, n=n, seed=args.seed)
-        out = make_split(args.root, n, name=name, pool=pool, seed=args.seed, info=info, progress=not args.quiet)
+        out = make_split(args.root, n, name=name, pool=pool, seed=args.seed, info=info, progress=not args.quiet,
+                         overwrite=args.overwrite)
         print(f"{out}: {n} labeled, {len(pool) - n} unlabeled")
 
 
@@ -39,6 +41,7 @@ def get_args_parser(add_help=True):
                                                '(default: union of all labeled/unlabeled lists under root/splits)')
     p.add_argument('--dataset', default=None, help='preset name if the folder has no classes.json')
     p.add_argument('--name-format', default='{size}', help="split folder name; fields {size}, {n}, {seed} (e.g. '{size}_s{seed}')")
+    p.add_argument('--overwrite', action='store_true', help='replace splits that already exist under that name')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     return p
 

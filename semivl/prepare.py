@@ -143,16 +143,21 @@ def make_split(root: str | Path, # dataset folder
                seed: int = 0,
                info: DatasetInfo | str | None = None,
                progress: bool = True,
+               overwrite: bool = False, # replace an existing split of that name (else FileExistsError)
               ) -> Path:
     "Write a new seeded, class-balanced split `root/splits/<name>/{labeled,unlabeled}.txt`; returns its folder"
     root = Path(root).expanduser()
+    out = root/'splits'/(name or str(n_labeled))
+    if not overwrite and any((out/f).exists() for f in ('labeled.txt', 'unlabeled.txt')):
+        # runs, sweeps and published numbers refer to splits by name: never replace one silently
+        raise FileExistsError(f"{out} already holds a split; give the new one another name (e.g. "
+                              f"name='{out.name}_s{seed}', or --name-format '{{size}}_s{{seed}}') or pass overwrite=True")
     info = info if isinstance(info, DatasetInfo) else dataset_info(info if info is not None else root)
     if pool is None: pool = training_pool(root)
     elif not isinstance(pool, list): pool = read_split(pool)
     if n_labeled > len(pool):
         raise DataError(f"split asks for {n_labeled} labeled images but only {len(pool)} training images exist")
     idx = class_balanced_split(mask_classes(root, pool, info, progress), n_labeled, info.nclass, seed)
-    out = root/'splits'/(name or str(n_labeled))
     chosen = set(idx)
     write_split(out/'labeled.txt', [pool[i] for i in idx])
     write_split(out/'unlabeled.txt', [p for k, p in enumerate(pool) if k not in chosen])

@@ -237,11 +237,22 @@ def test_check_dataset_reports_everything(voc):
 def test_make_splits_script(fakes, tmp_path, capsys):
     root = fake_dataset(tmp_path/'ms', 'ade', n_train=12, n_val=1, size=SIZE)
     ms = script('make_splits')
-    ms.main(ms.get_args_parser().parse_args(['--root', str(root), '--sizes', '3', '1_4', '--seed', '2', '--quiet']))
+    with pytest.raises(FileExistsError, match="1_4 already holds a split"):   # the fake dataset ships a '1_4' split
+        ms.main(ms.get_args_parser().parse_args(['--root', str(root), '--sizes', '3', '1_4', '--seed', '2', '--quiet']))
+    ms.main(ms.get_args_parser().parse_args(['--root', str(root), '--sizes', '3', '1_4', '--seed', '2', '--quiet', '--overwrite']))
     for name, n in (('3', 3), ('1_4', 3)):
         lab, unl = read_split(root/'splits'/name/'labeled.txt'), read_split(root/'splits'/name/'unlabeled.txt')
         assert len(lab) == n and len(unl) == 9 and not set(lab) & set(unl)
     assert (root/'splits'/'3'/'labeled.txt').read_text() == (root/'splits'/'1_4'/'labeled.txt').read_text()  # same seed, same n
+    # running it again with another seed refuses to replace split '3'; --name-format or --overwrite are the ways out
+    before = (root/'splits'/'3'/'labeled.txt').read_text()
+    with pytest.raises(FileExistsError, match="already holds a split"):
+        ms.main(ms.get_args_parser().parse_args(['--root', str(root), '--sizes', '3', '--seed', '5', '--quiet']))
+    assert (root/'splits'/'3'/'labeled.txt').read_text() == before
+    ms.main(ms.get_args_parser().parse_args(['--root', str(root), '--sizes', '3', '--seed', '5', '--quiet', '--name-format', '{size}_s{seed}']))
+    assert len(read_split(root/'splits'/'3_s5'/'labeled.txt')) == 3
+    ms.main(ms.get_args_parser().parse_args(['--root', str(root), '--sizes', '3', '--seed', '5', '--quiet', '--overwrite']))
+    assert (root/'splits'/'3'/'labeled.txt').read_text() == (root/'splits'/'3_s5'/'labeled.txt').read_text()
 
 
 def test_convert_cityscapes_script(fakes, tmp_path):
