@@ -80,7 +80,7 @@ def pseudo_label_quality(model,                 # a `SemiVLSegmentor`
     model.eval()
     dev = next(model.parameters()).device
     q = {'student': LabelQuality(num_classes, thresholds)}
-    if guidance: q['guidance'] = LabelQuality(num_classes, thresholds)
+    if guidance: q['guidance'], scorer = LabelQuality(num_classes, thresholds), guidance_scorer(model)
     try:
         for batch in (progress_bar(loader, desc='pseudo-labels', leave=False) if progress else loader):
             img, mask, _ = _unpack_val(batch)
@@ -88,7 +88,7 @@ def pseudo_label_quality(model,                 # a `SemiVLSegmentor`
             conf, label = predict(model, img, mask.shape[-2:], mode, crop, stride).softmax(1).max(1)
             q['student'].update(conf.cpu(), label.cpu(), mask)
             if guidance:
-                cos = predict(guidance_scorer(model), img, mask.shape[-2:], mode, crop, stride)
+                cos = predict(scorer, img, mask.shape[-2:], mode, crop, stride)
                 conf, label = (temperature * cos).softmax(1).max(1)
                 q['guidance'].update(conf.cpu(), label.cpu(), mask)
     finally:

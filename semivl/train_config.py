@@ -8,11 +8,10 @@ import math
 from dataclasses import dataclass
 
 from .core import Cfg
-from .losses import OLD_GUIDANCE_NAMES
+from .losses import CONF_MODES, GUIDANCE_REDUCE, OLD_GUIDANCE_NAMES  # the losses own their modes
 
 # %% auto #0
-__all__ = ['METHODS', 'TRAIN_PRESETS', 'CONF_MODES', 'RUN_IDENTITY', 'GUIDANCE_REDUCE', 'TrainCfg', 'ConfigError',
-           'check_train_cfg']
+__all__ = ['METHODS', 'TRAIN_PRESETS', 'RUN_IDENTITY', 'TrainCfg', 'ConfigError', 'check_train_cfg']
 
 # %% ../nbs/10_train_config.ipynb #7e8970e6
 METHODS = ('supervised', 'unimatch', 'semivl')
@@ -87,9 +86,7 @@ TRAIN_PRESETS = {
 class ConfigError(ValueError):
     "Settings that cannot work together; the message lists every problem found"
 
-CONF_MODES = ('pixelwise', 'pixelratio', 'pixelavg')
 RUN_IDENTITY = ('method', 'seed', 'batch_size')  # settings a resume may not change (the schedule may be extended)
-GUIDANCE_REDUCE = ('mean_all', 'mean_valid', 'mean')
 
 def _train_cfg_problems(cfg: TrainCfg) -> list[str]:
     from semivl.evaluate import EVAL_MODES
