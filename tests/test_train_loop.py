@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent('''
     import os, sys, time, torch, torch.nn as nn
     from semivl.core import IGNORE_INDEX
     from semivl.train import train, UNLABELED_KEYS
-    from semivl.distributed import init_distributed
+    from semivl.distributed import init_distributed, close_distributed
     from semivl.train_config import TrainCfg
 
     out_dir, mode = sys.argv[1], sys.argv[2]          # mode: plain | slow | accum | dist
@@ -81,7 +81,7 @@ SCRIPT = textwrap.dedent('''
     cfg = TrainCfg(epochs=2 if mode in ('dist', 'accum') else 3, log_every=1,
                    grad_accum=2 if mode == 'accum' else 1, debug_every=5 if mode in ('plain', 'slow') else None)
     train(cfg, model, mk('l'), mk('u'), out_dir=out_dir, ckpt_every=1, progress=False)
-    if world > 1: torch.distributed.destroy_process_group()   # else gloo's threads can abort the exit (SIGABRT)
+    close_distributed()
 ''')
 
 
