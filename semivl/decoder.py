@@ -14,7 +14,8 @@ from torchvision.models.resnet import Bottleneck
 from .text import aggregate_concepts
 
 # %% auto #0
-__all__ = ['DilatedConv2d', 'ASPPPooling', 'ASPP', 'EncoderLayer', 'SemanticTransformer', 'Up', 'VLGHead', 'ConvSkipEncoder']
+__all__ = ['DilatedConv2d', 'ASPPPooling', 'ASPP', 'EncoderLayer', 'SemanticTransformer', 'Up', 'VLGHead', 'ASPPModule',
+           'DLV3PHead', 'ConvSkipEncoder']
 
 # %% ../nbs/06_decoder.ipynb #ede5669a
 class DilatedConv2d(nn.Conv2d):
@@ -172,6 +173,58 @@ class VLGHead(nn.Module):
         if tuple(size) != (self.img_size, self.img_size):
             x = F.interpolate(x, size=tuple(size), mode='bilinear', align_corners=False)
         return x
+
+# %% ../nbs/06_decoder.ipynb #dcc86376
+def _conv_bn_relu(cin, cout, k=1, dilation=1):
+    conv = nn.Conv2d if k == 1 else DilatedConv2d   # same result as nn.Conv2d, skips taps that only see padding
+    return nn.Sequential(conv(cin, cout, k, padding=0 if k == 1 else dilation, dilation=dilation, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(True))
+
+class _ASPPPoolingBN(nn.Module):
+    "UniMatch's image-pooling branch (BN): global average -> 1x1 conv/BN/ReLU -> broadcast back"
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.gap = nn.Sequential(nn.AdaptiveAvgPool2d(1), *_conv_bn_relu(cin, cout))
+    def forward(self, x):
+        return F.interpolate(self.gap(x), x.shape[-2:], mode='bilinear', align_corners=True)
+
+class ASPPModule(nn.Module):
+    "UniMatch's ASPP (BN, not residual): b0 1x1, b1-b3 dilated 3x3, b4 pooling -> concat -> 1x1 projection"
+    def __init__(self, cin: int, rates: tuple = (6, 12, 18), cout: int | None = None):
+        super().__init__()
+        cout = cout or cin // 8
+        self.b0 = _conv_bn_relu(cin, cout)
+        self.b1, self.b2, self.b3 = [_conv_bn_relu(cin, cout, 3, r) for r in rates]
+        self.b4 = _ASPPPoolingBN(cin, cout)
+        self.project = _conv_bn_relu(5 * cout, cout)
+    def forward(self, x):
+        return self.project(torch.cat([self.b0(x), self.b1(x), self.b2(x), self.b3(x), self.b4(x)], 1))
+
+class DLV3PHead(nn.Module):
+    "DeepLabV3+ head of the ablation ladder (official module names); the text argument is ignored"
+    def __init__(self, num_classes: int = 21, img_size: int = 512,
+                 in_channels: int = 512,        # deepest feature: the dense CLIP embedding E
+                 c1_in_channels: int = 768,     # shallow skip (ViT block 4)
+                 c1_channels: int = 48, channels: int = 256, dilations: tuple = (6, 12, 18)):
+        super().__init__()
+        self.num_classes, self.img_size = num_classes, img_size
+        self.aspp = ASPPModule(in_channels, dilations)
+        self.c1_proj = _conv_bn_relu(c1_in_channels, c1_channels)
+        self.head = nn.Sequential(*_conv_bn_relu(in_channels // 8 + c1_channels, channels, 3),
+                                  *_conv_bn_relu(channels, channels, 3), nn.Conv2d(channels, num_classes, 1))
+
+    def forward(self, embed: torch.Tensor, # (B, D, h, w) deepest feature
+                text=None,                 # unused: the head has no language input
+                skips: list = (),          # skip features deep -> shallow; the first one is c1
+                concept_to_class=None) -> torch.Tensor:
+        "Logits (B, num_classes, h1, w1) at the resolution of the skip feature"
+        c1 = self.c1_proj(skips[0])
+        c4 = F.interpolate(self.aspp(embed), size=c1.shape[-2:], mode='bilinear', align_corners=False)
+        return self.head(torch.cat([c1, c4], 1))
+
+    def resize_output(self, logits: torch.Tensor, size: tuple) -> torch.Tensor:
+        "The same double resize as the VLG head: to (img_size, img_size), then to `size`"
+        return VLGHead.resize_output(self, logits, size)
 
 # %% ../nbs/06_decoder.ipynb #8ef43944
 class ConvSkipEncoder(nn.Module):

@@ -24,9 +24,10 @@ from .train import schedule_length, train
 from .train_config import METHODS, TrainCfg
 
 # %% auto #0
-__all__ = ['PREPARE', 'LAYOUT', 'DataSpec', 'resolve_dataset', 'run_configs', 'epoch_subset', 'run_loaders', 'run_length',
-           'needs_guidance_calibration', 'calibrate_guidance', 'build_run_model', 'TrainingRun', 'train_chunks',
-           'evaluate_run', 'save_run', 'prepare_training', 'plot_views', 'plot_progress', 'plot_class_iou']
+__all__ = ['PREPARE', 'LAYOUT', 'DataSpec', 'resolve_dataset', 'split_options', 'run_configs', 'epoch_subset', 'run_loaders',
+           'run_length', 'needs_guidance_calibration', 'calibrate_guidance', 'build_run_model', 'TrainingRun',
+           'train_chunks', 'evaluate_run', 'save_run', 'prepare_training', 'plot_views', 'plot_progress',
+           'plot_class_iou']
 
 # %% ../nbs/13_run.ipynb #8502ae37
 PREPARE = {  # how to get each real dataset into the layout the loaders read
@@ -133,10 +134,24 @@ def resolve_dataset(dataset: str | Path,             # a preset or alias, 'custo
     return DataSpec(name, root, info, dataset_classes(info))
 
 # %% ../nbs/13_run.ipynb #ab9a686e
+def split_options(options: dict | None, # settings by field name
+                  given: list = (),       # settings the run already has as their own parameters
+                 ) -> tuple[dict, dict]:
+    "(TrainCfg settings, ModelCfg settings) of a run's `options`; a name of neither, or given twice, is an error"
+    options = dict(options or {})
+    t_names, m_names = TrainCfg.__dataclass_fields__, ModelCfg.__dataclass_fields__
+    if twice := [k for k in options if k in given]:
+        raise ValueError(f"options {twice} are also given as run parameters: give each setting once")
+    if unknown := [k for k in options if k not in t_names and k not in m_names]:
+        raise KeyError(f"options {unknown} are neither TrainCfg nor ModelCfg settings; TrainCfg: {list(t_names)}; "
+                       f"ModelCfg: {list(m_names)}")
+    return ({k: v for k, v in options.items() if k in t_names}, {k: v for k, v in options.items() if k in m_names})
+
 def run_configs(spec: DataSpec, tiny_clip: bool, # the dataset, and whether the run uses a tiny CLIP
                 method: str = 'semivl', seed: int = 0,
                 amp: bool = False,                # bf16 autocast (`TrainCfg.amp_bf16`)
                 crop_size: int | None = None,     # training crop (None: preset)
+                options: dict | None = None,      # any other TrainCfg / ModelCfg settings, e.g. {'head': 'dlv3p', 'ftap': False}
                 **train,                          # iters, epochs, batch_size, lr, eval_every...: None keeps the preset
                ) -> tuple[TrainCfg, ModelCfg]:
     "(TrainCfg, ModelCfg) of a run: the dataset's preset, then the given settings"
@@ -148,7 +163,8 @@ def run_configs(spec: DataSpec, tiny_clip: bool, # the dataset, and whether the 
     mcfg = ModelCfg.preset(preset)
     if spec.name == 'custom': mcfg = mcfg.update(num_classes=spec.info.nclass)
     if crop_size is not None: mcfg = mcfg.update(crop_size=crop_size)
-    return tcfg, mcfg
+    t_opts, m_opts = split_options(options, given=[k for k, v in dict(train, crop_size=crop_size).items() if v is not None])
+    return tcfg.update(**t_opts), mcfg.update(**m_opts)
 
 # %% ../nbs/13_run.ipynb #7b4b12df
 def epoch_subset(n_items: int, tcfg: TrainCfg, seed: int) -> list[int] | None:
@@ -198,7 +214,7 @@ def build_run_model(spec: DataSpec, tcfg: TrainCfg, mcfg: ModelCfg,
                     device='cpu') -> SemiVLSegmentor:
     "The run's segmentor on `device`, checked against the dataset, its guidance calibrated where needed"
     clip, tokenizer = run_clip(clip_weights, clip_model)   # prints the weights and activation it used
-    text = dataset_text(spec.text_source, clip, tokenizer)
+    text = dataset_text(spec.text_source, clip, tokenizer, guidance_mode=mcfg.guidance_text)
     validate(tcfg, model_cfg=mcfg, info=spec.info, text=text)   # class counts of dataset and text agree
     seed_everything(tcfg.seed)
     model = SemiVLSegmentor(mcfg, clip, **text).to(device)
@@ -320,7 +336,7 @@ def prepare_training(dataset: str = 'toy', split: str | int = 92, method: str = 
                      crop_size: int | None = None, lr: float | None = None, amp: bool = False,
                      out_dir=None, resume: bool | str = False, overwrite: bool = False, seed: int = 0,
                      eval_every: int | None = None, val_limit: int | None = None, num_workers: int | None = None,
-                     device=None, threads: int | None = None) -> TrainingRun:
+                     device=None, threads: int | None = None, options: dict | None = None) -> TrainingRun:
     "A `TrainingRun` from the parameters of `nbs/train.ipynb` (None: the dataset's preset), checked before any work"
     split = str(split)
     spec = resolve_dataset(dataset, data_root, split)
@@ -328,7 +344,7 @@ def prepare_training(dataset: str = 'toy', split: str | int = 92, method: str = 
     if tiny and spec.name in PREPARE:
         raise ValueError("the real datasets need the OpenAI CLIP ViT-B/16 weights as a local file: -p clip_weights PATH")
     tcfg, mcfg = run_configs(spec, tiny, method, seed, amp, crop_size, iters=iters, epochs=epochs,
-                             batch_size=batch_size, lr=lr, eval_every=eval_every)
+                             batch_size=batch_size, lr=lr, eval_every=eval_every, options=options)
     name = spec.info.name if spec.name == 'custom' else spec.name
     out_dir = prepare_out_dir(out_dir or f"runs/{name}-{split}-{method}-s{seed}", resume, overwrite)  # never loses a run
     dev = get_device(device)

@@ -84,7 +84,7 @@ def prepare_evaluation(checkpoint, dataset=None, val: str = 'val', data_root=Non
     val_file = val_split_file(spec.root, val)                    # a typo stops here, listing the split files
     val_set = first_n(SemiDataset(spec.root, 'val', val_file, info=spec.info), val_limit)
     clip, tokenizer = run_clip(clip_weights, clip_model or ck.get('clip_model') or 'ViT-B-16')
-    model = SemiVLSegmentor(mcfg, clip, **dataset_text(spec.text_source, clip, tokenizer))
+    model = SemiVLSegmentor(mcfg, clip, **dataset_text(spec.text_source, clip, tokenizer, guidance_mode=mcfg.guidance_text))
     if official: print('imported official weights:', load_official_checkpoint(model, sd))
     else: model.load_state_dict(sd)
     dev = get_device(device)

@@ -14,15 +14,18 @@ import torch.nn.functional as F
 
 from .core import Cfg, IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, CLIP_MEAN, CLIP_STD
 from .clip import (ClipBackbone, frozen_clip_encoder, load_official_backbone, read_state_dict,
-                         visual_to_official, zoomed_dense_embedding)
-from .decoder import VLGHead, ConvSkipEncoder
+                         visual_to_official, zoomed_dense_embedding, random_init_visual)
+from .decoder import VLGHead, DLV3PHead, ConvSkipEncoder
 from .text import maskclip_scores
 
 # %% auto #0
-__all__ = ['ModelCfg', 'labels_from_logits', 'SemiVLSegmentor', 'fit_guidance_bg_bias', 'official_state_dict',
+__all__ = ['HEADS', 'INITS', 'ModelCfg', 'labels_from_logits', 'SemiVLSegmentor', 'fit_guidance_bg_bias', 'official_state_dict',
            'load_official_checkpoint']
 
 # %% ../nbs/07_segmentor.ipynb #119604c6
+HEADS = ('vlg', 'dlv3p')   # SemiVL's decoder; the ladder's DeepLabV3+
+INITS = ('clip', 'random')  # CLIP weights; the ladder's non-language rung
+
 @dataclass
 class ModelCfg(Cfg):
     "Segmentor settings (defaults: the official VOC model, exp 40)"
@@ -36,7 +39,11 @@ class ModelCfg(Cfg):
     guidance_stride: int = 32  # window stride in zoomed pixels (a multiple of the patch size) when guidance_zoom > 1
     numerics: str = 'faithful'  # 'faithful' (exact GELU, LN eps 1e-6) | 'clip_native'
     renorm_clip: bool = False  # ImageNet -> CLIP input statistics before the ViTs (Cityscapes)
-    ftap: bool = True  # train only attention + pos-embed of the backbone
+    ftap: bool = True  # train only attention + pos-embed of the backbone (False: full fine-tuning)
+    head: str = 'vlg'  # 'vlg' (SemiVL's decoder) | 'dlv3p' (the ablation ladder's DeepLabV3+ baseline: no text)
+    dlv3p_channels: tuple[int, int] = (48, 256)  # DeepLabV3+ skip-projection and fuse widths
+    init: str = 'clip'  # 'clip' | 'random' (the ladder's non-language rung: the same ViT, weights drawn afresh)
+    guidance_text: str | None = None  # MaskCLIP text over the dataset's own choice: 'single' (bare names), 'prompts', 'concepts', 'definitions'
     share_frozen: bool = True  # MaskCLIP twin shares the ftap-frozen tensors with the backbone
     grad_checkpointing: bool = False  # recompute backbone blocks in backward: less memory, ~25% slower step
     channels_last: bool = False  # decoder weights (hence its conv activations) in channels_last: faster small convs
@@ -60,7 +67,7 @@ class ModelCfg(Cfg):
               'toy': dict(num_classes=11, crop_size=64, clip_img_size=64, skip_blocks=(0, 2),
                           dense_readout='value_residual', numerics='clip_native', renorm_clip=True,
                           channels=64, text_channels=64, up_channels=(32, 16), skip_channels=(16, 16),
-                          channels_last=True)}
+                          dlv3p_channels=(16, 64), channels_last=True)}
         if name not in kw: raise KeyError(f"unknown preset {name!r}; choose from {list(kw)}")
         return cls().update(**kw[name])
 
@@ -98,7 +105,11 @@ class SemiVLSegmentor(nn.Module):
                 ):
         super().__init__()
         self.cfg = cfg
+        if cfg.head not in HEADS: raise ValueError(f"unknown head {cfg.head!r}; choose from {HEADS}")
+        if cfg.init not in INITS: raise ValueError(f"unknown init {cfg.init!r}; choose from {INITS}")
+        if cfg.head == 'dlv3p' and cfg.conv_skip: raise ValueError("the DeepLabV3+ head takes one ViT skip: conv_skip=False")
         visual = copy.deepcopy(clip.visual)
+        if cfg.init == 'random': random_init_visual(visual)   # before the twin copies it: no CLIP weights anywhere
         share = cfg.share_frozen and cfg.ftap
         kw = dict(dense_readout=cfg.dense_readout, numerics=cfg.numerics)
         self.clip_encoder = frozen_clip_encoder(visual, cfg.clip_img_size, share, **kw)   # before visual is adopted
@@ -107,9 +118,12 @@ class SemiVLSegmentor(nn.Module):
         self.conv_encoder = ConvSkipEncoder(conv_encoder_weights) if cfg.conv_skip else None
         skip_in = self.backbone.feature_channels[:-1][::-1] + ((256,) if cfg.conv_skip else ())
         assert len(skip_in) == 2, f"the VLG head takes 2 skip features, got {len(skip_in)}"
-        self.decode_head = VLGHead(cfg.num_classes, cfg.crop_size, self.backbone.embed_dim, cfg.text_channels,
-                                   cfg.channels, cfg.up_channels, skip_in, cfg.skip_channels, cfg.num_layers,
-                                   cfg.num_heads, cfg.pool_size, cfg.conv1_ksize)
+        if cfg.head == 'dlv3p':   # c1 = the deeper ViT skip (official: block 4 of 12), ASPP on E
+            self.decode_head = DLV3PHead(cfg.num_classes, cfg.crop_size, self.backbone.embed_dim, skip_in[0], *cfg.dlv3p_channels)
+        else:
+            self.decode_head = VLGHead(cfg.num_classes, cfg.crop_size, self.backbone.embed_dim, cfg.text_channels,
+                                       cfg.channels, cfg.up_channels, skip_in, cfg.skip_channels, cfg.num_layers,
+                                       cfg.num_heads, cfg.pool_size, cfg.conv1_ksize)
         if cfg.channels_last: self.decode_head.to(memory_format=torch.channels_last)
         assert text.shape[0] == cfg.num_classes, f"text has {text.shape[0]} rows for {cfg.num_classes} classes"
         guidance_text = text if guidance_text is None else guidance_text

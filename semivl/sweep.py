@@ -60,7 +60,8 @@ def run_one(params: dict,                  # papermill parameters, with 'out_dir
 
 # %% ../nbs/12_sweep.ipynb #2b91eed8
 def _line(i: int, n: int, p: dict, r: dict) -> str:
-    return (f"[{i}/{n}] {p['method']} split {p['split']} seed {p['seed']}: {r['status']} mIoU {r.get('miou', float('nan')):.2f}"
+    opts = f" {json.dumps(p['options'])}" if p.get('options') else ''
+    return (f"[{i}/{n}] {p['method']}{opts} split {p['split']} seed {p['seed']}: {r['status']} mIoU {r.get('miou', float('nan')):.2f}"
             f" ({r.get('wall_seconds', 0)} s)" + (f" {r['error']}" if r.get('error') else ''))
 
 def _failed(p: dict, e: BaseException) -> dict:
@@ -103,12 +104,12 @@ PSEUDO_NOTE = ('Measured by train.ipynb after training on its first 200 unlabele
 ROW_FIELDS = ('dataset', 'split', 'method', 'seed', 'miou', 'acc', 'iterations', 'batch_size', 'train_seconds',
               'wall_seconds', 'status')
 
-def run_rows(results: list[dict]) -> list[dict]:
-    "Flat rows (`ROW_FIELDS`) of run results; failed runs keep their parameters and an empty mIoU"
+def run_rows(results: list[dict], fields: tuple = ROW_FIELDS) -> list[dict]:
+    "Flat rows (`fields`) of run results; failed runs keep their parameters and an empty mIoU"
     rows = []
     for r in results:
         p = r.get('params', {})
-        row = {k: r.get(k, p.get(k, '')) for k in ROW_FIELDS}
+        row = {k: r.get(k, p.get(k, '')) for k in fields}
         row['split'] = str(row['split'])
         rows.append(row)
     return rows
@@ -138,25 +139,25 @@ def markdown_table(rows: list[dict], cols: list[str], fmt: dict | None = None) -
 
 def mean_table(results: list[dict], key: str, # run results; the dict of numbers each run reports under `key`
                skip: tuple = ('class',),            # entries of that dict that are labels, not numbers
+               by: tuple = ('split', 'method'),     # the result fields that make a group (the ladder: split, rung)
               ) -> str:
-    "Markdown table: per (split, method), each number of `r[key]` averaged over the successful runs that report it"
+    "Markdown table: per group (split, method), each number of `r[key]` averaged over the successful runs that report it"
     groups = {}
     for r in results:
         if r.get('status') in ('ok', 'cached') and r.get(key):
-            groups.setdefault((str(r.get('split', '')), r.get('method', '')), []).append(r[key])
+            groups.setdefault(tuple(str(r.get(b, '')) for b in by), []).append(r[key])
     if not groups: return ''
     cols = [c for c in next(iter(groups.values()))[0] if c not in skip]
-    rows = [dict(split=s, method=m, n=len(v), **{c: sum(x.get(c, 0.) for x in v) / len(v) for c in cols})
-            for (s, m), v in groups.items()]
-    return markdown_table(rows, ['split', 'method', 'n'] + cols, {c: (lambda v: f'{float(v):.1f}') for c in cols})
+    rows = [dict(zip(by, g), n=len(v), **{c: sum(x.get(c, 0.) for x in v) / len(v) for c in cols}) for g, v in groups.items()]
+    return markdown_table(rows, [*by, 'n'] + cols, {c: (lambda v: f'{float(v):.1f}') for c in cols})
 
-def class_iou_table(results: list[dict]) -> str:
+def class_iou_table(results: list[dict], by: tuple = ('split', 'method')) -> str:
     "Per (split, method), each class's IoU averaged over the runs (`mean_table` of 'iou_per_class')"
-    return mean_table(results, 'iou_per_class', skip=())
+    return mean_table(results, 'iou_per_class', skip=(), by=by)
 
-def pseudo_label_table(results: list[dict]) -> str:
+def pseudo_label_table(results: list[dict], by: tuple = ('split', 'method')) -> str:
     "Per (split, method), the object pixels' pseudo-label coverage and precision averaged over the runs"
-    return mean_table(results, 'pseudo_labels')
+    return mean_table(results, 'pseudo_labels', by=by)
 
 def write_tables(rows: list[dict],       # from `run_rows`
                  csv_path: str | Path,   # one row per run
@@ -198,6 +199,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument('--dataset', default='toy')
     p.add_argument('--splits', nargs='+', default=['92'], help='labeled splits (e.g. 20 92, or 1_512)')
     p.add_argument('--methods', nargs='+', default=['supervised', 'unimatch', 'semivl'])
+    p.add_argument('--ladder', action='store_true', help="run the ablation ladder's rungs (semivl.ladder) instead of --methods")
     p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     p.add_argument('--out', default='runs/sweep', help='parent folder of the run folders and results.csv')
     p.add_argument('--md', default=None, help='also write the markdown table here (default: <out>/results.md)')
@@ -229,6 +231,9 @@ def _executor(args):
 def main(args) -> list[dict]:
     extra = {k: parse_value(v) for k, v in args.param}
     if args.jobs > 1 and 'threads' not in extra: extra['threads'] = max(1, (os.cpu_count() or 1) // args.jobs)
+    if args.ladder:
+        from semivl.ladder import run_ladder
+        return run_ladder(args, extra)
     grid = sweep_grid(args.methods, [parse_value(s) for s in args.splits], args.seeds, args.dataset, args.out, extra)
     results = run_grid(grid, args.notebook, args.force, args.jobs, _executor(args), log=lambda l: print(l, flush=True))
     out = Path(args.out)

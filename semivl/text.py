@@ -136,12 +136,14 @@ def load_official_text(path: str | Path) -> torch.Tensor:
 def dataset_text(dataset: str, # 'voc', 'coco', 'ade', 'cityscapes', or a class-info JSON path (single / its `prompts`)
                  clip=None, tokenizer=None, # CLIP model + tokenizer (unless `official_dir` is given)
                  official_dir: str | Path | None = None, # folder with the official .npy files
+                 guidance_mode: str | None = None, # the guidance's text mode over the dataset's plan ('single': bare names)
                  **kw, # passed to `class_embeddings` (templates, cache)
                 ) -> dict:
     "{'text': (N,D) decoder text, 'guidance_text': (K,D) MaskCLIP text, 'concept_to_class': (K,) or None}"
     info = load_class_info(dataset)
     # other datasets: class names for the decoder; their `prompts` sentences, if any, for the guidance
     dec_mode, guid_mode, prefix = TEXT_PLAN.get(info['name'], ('single', 'prompts' if 'prompts' in info else 'single', None))
+    guid_mode = guidance_mode or guid_mode
     c2c = flatten_concepts(info['concepts'])[1] if guid_mode == 'concepts' else None
     if official_dir is not None:
         assert prefix is not None, f"no official text files for {info['name']!r}"
