@@ -4,6 +4,7 @@
 
 # %% ../nbs/06_decoder.ipynb #e447a8ea
 from __future__ import annotations
+import functools
 from pathlib import Path
 
 import torch
@@ -27,16 +28,17 @@ class DilatedConv2d(nn.Conv2d):
         if dw >= W: w, pw = w[:, :, :, 1:2], 0
         return F.conv2d(x, w, self.bias, self.stride, (ph, pw), self.dilation, self.groups)
 
-def _conv_gn_relu(cin, cout, k=1, dilation=1):
+def _conv_norm_relu(cin, cout, k=1, dilation=1, norm='gn'):
+    "conv (no bias) + GroupNorm (SemiVL's head) or BatchNorm (the DeepLabV3+ baseline) + ReLU"
     conv = nn.Conv2d if k == 1 else DilatedConv2d
     return nn.Sequential(conv(cin, cout, k, padding=0 if k == 1 else dilation, dilation=dilation, bias=False),
-                         nn.GroupNorm(cout // 16, cout), nn.ReLU(True))
+                         nn.GroupNorm(cout // 16, cout) if norm == 'gn' else nn.BatchNorm2d(cout), nn.ReLU(True))
 
 class ASPPPooling(nn.Module):
-    "Image-pooling branch: global average -> 1x1 conv/GN/ReLU -> broadcast back"
-    def __init__(self, cin, cout):
+    "Image-pooling branch: global average -> 1x1 conv/norm/ReLU -> broadcast back"
+    def __init__(self, cin, cout, norm='gn'):
         super().__init__()
-        self.gap = nn.Sequential(nn.AdaptiveAvgPool2d(1), *_conv_gn_relu(cin, cout))
+        self.gap = nn.Sequential(nn.AdaptiveAvgPool2d(1), *_conv_norm_relu(cin, cout, norm=norm))
     def forward(self, x):
         return F.interpolate(self.gap(x), x.shape[-2:], mode='bilinear', align_corners=True)
 
@@ -45,10 +47,10 @@ class ASPP(nn.Module):
     "Residual ASPP: 1x1 + three dilated 3x3 + image pooling, concatenated, projected, added to the input"
     def __init__(self, channels: int = 128, rates: tuple = (6, 12, 18)):
         super().__init__()
-        self.aspp_convs = nn.ModuleList([_conv_gn_relu(channels, channels),
-                                         *[_conv_gn_relu(channels, channels, 3, r) for r in rates],
+        self.aspp_convs = nn.ModuleList([_conv_norm_relu(channels, channels),
+                                         *[_conv_norm_relu(channels, channels, 3, r) for r in rates],
                                          ASPPPooling(channels, channels)])
-        self.project = _conv_gn_relu(len(self.aspp_convs) * channels, channels)
+        self.project = _conv_norm_relu(len(self.aspp_convs) * channels, channels)
     def forward(self, x):
         return x + self.project(torch.cat([c(x) for c in self.aspp_convs], 1))
 
@@ -175,18 +177,7 @@ class VLGHead(nn.Module):
         return x
 
 # %% ../nbs/06_decoder.ipynb #dcc86376
-def _conv_bn_relu(cin, cout, k=1, dilation=1):
-    conv = nn.Conv2d if k == 1 else DilatedConv2d   # same result as nn.Conv2d, skips taps that only see padding
-    return nn.Sequential(conv(cin, cout, k, padding=0 if k == 1 else dilation, dilation=dilation, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU(True))
-
-class _ASPPPoolingBN(nn.Module):
-    "UniMatch's image-pooling branch (BN): global average -> 1x1 conv/BN/ReLU -> broadcast back"
-    def __init__(self, cin, cout):
-        super().__init__()
-        self.gap = nn.Sequential(nn.AdaptiveAvgPool2d(1), *_conv_bn_relu(cin, cout))
-    def forward(self, x):
-        return F.interpolate(self.gap(x), x.shape[-2:], mode='bilinear', align_corners=True)
+_conv_bn_relu = functools.partial(_conv_norm_relu, norm='bn')   # dilated taps that only see padding are skipped
 
 class ASPPModule(nn.Module):
     "UniMatch's ASPP (BN, not residual): b0 1x1, b1-b3 dilated 3x3, b4 pooling -> concat -> 1x1 projection"
@@ -195,7 +186,7 @@ class ASPPModule(nn.Module):
         cout = cout or cin // 8
         self.b0 = _conv_bn_relu(cin, cout)
         self.b1, self.b2, self.b3 = [_conv_bn_relu(cin, cout, 3, r) for r in rates]
-        self.b4 = _ASPPPoolingBN(cin, cout)
+        self.b4 = ASPPPooling(cin, cout, 'bn')
         self.project = _conv_bn_relu(5 * cout, cout)
     def forward(self, x):
         return self.project(torch.cat([self.b0(x), self.b1(x), self.b2(x), self.b3(x), self.b4(x)], 1))

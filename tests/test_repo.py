@@ -32,7 +32,7 @@ def test_notebooks_are_clean_and_numbered():
         for c in cells:
             if c['cell_type'] == 'code':
                 assert not c['outputs'] and c['execution_count'] is None, f"{nb.name} has outputs: run nbdev_clean"
-        assert re.match(r'(\d\d_\w+|index|train|evaluate|viewer)\.ipynb$', nb.name), f"{nb.name}: number library notebooks NN_topic"
+        assert re.match(r'(\d\d_\w+|index|train|evaluate|viewer|ablations)\.ipynb$', nb.name), f"{nb.name}: number library notebooks NN_topic"
 
 
 def test_export_matches_notebooks(tmp_path):
