@@ -37,7 +37,8 @@ def _for_reading(nb):
 def _page(nb, exporter) -> str:
     "HTML of a notebook, its links to other notebooks turned into links to their pages"
     body, _ = exporter.from_notebook_node(nb)
-    body = body.replace('src="nbs/images/', 'src="images/')   # the README's image paths (index.ipynb) -> the site's copy
+    for d in ('images', 'results'):   # the README's image paths (index.ipynb) -> the site's copy
+        body = body.replace(f'src="nbs/{d}/', f'src="{d}/')
     return re.sub(r'href="([\w./-]+)\.ipynb(#[^"]*)?"', lambda m: f'href="{m.group(1)}.html{m.group(2) or ""}"', body)
 
 # %% ../nbs/14_site.ipynb #70510317
@@ -67,7 +68,8 @@ def build_site(nbs: str | Path = 'nbs',   # the notebooks folder
     from nbconvert import HTMLExporter
     nbs, out = Path(nbs), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if (nbs/'images').is_dir(): shutil.copytree(nbs/'images', out/'images', dirs_exist_ok=True)
+    for d in ('images', 'results'):   # pictures the pages point at (the README's figures and result charts)
+        if (nbs/d).is_dir(): shutil.copytree(nbs/d, out/d, dirs_exist_ok=True)
     tmp = Path(tmp or tempfile.mkdtemp(prefix='semivl-site-'))   # the user notebooks' runs stay out of the site
     user = [n for n in SITE_PARAMS if (nbs/f'{n}.ipynb').exists()]
     paths = sorted(p for p in nbs.glob('*.ipynb') if p.stem not in SITE_PARAMS) + [nbs/f'{n}.ipynb' for n in user]

@@ -24,4 +24,5 @@ def test_site_builds_every_notebook_with_its_figures(tmp_path):
     assert png('train') >= 5            # batch grid, two snapshots (curves + panels), the dump, the IoU bars
     assert png('evaluate') >= 2 and png('viewer') >= 1
     assert png('ablations') >= 2 and png('12_ladder') >= 2   # the ladder chart and the per-class heatmap
+    assert 'src="results/toy_ladder.png"' in (out/'index.html').read_text() and (out/'results'/'toy_ladder.png').is_file()
     assert 'href="10_train.html' in (out/'index.html').read_text() or 'href="13_run.html' in (out/'train.html').read_text()
