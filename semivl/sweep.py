@@ -200,6 +200,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     p.add_argument('--splits', nargs='+', default=['92'], help='labeled splits (e.g. 20 92, or 1_512)')
     p.add_argument('--methods', nargs='+', default=['supervised', 'unimatch', 'semivl'])
     p.add_argument('--ladder', action='store_true', help="run the ablation ladder's rungs (semivl.ladder) instead of --methods")
+    p.add_argument('--options', type=json.loads, default=None, metavar='JSON',
+                   help='TrainCfg/ModelCfg settings for every run, e.g. \'{"fp_rate": 0.3}\' (with --ladder: added to each rung)')
     p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
     p.add_argument('--out', default='runs/sweep', help='parent folder of the run folders and results.csv')
     p.add_argument('--md', default=None, help='also write the markdown table here (default: <out>/results.md)')
@@ -234,6 +236,7 @@ def main(args) -> list[dict]:
     if args.ladder:
         from semivl.ladder import run_ladder
         return run_ladder(args, extra)
+    if args.options: extra['options'] = args.options
     grid = sweep_grid(args.methods, [parse_value(s) for s in args.splits], args.seeds, args.dataset, args.out, extra)
     results = run_grid(grid, args.notebook, args.force, args.jobs, _executor(args), log=lambda l: print(l, flush=True))
     out = Path(args.out)

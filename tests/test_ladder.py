@@ -1,5 +1,6 @@
-"""`python -m semivl.sweep --ladder` on one seed, 3 iterations per rung: every rung's config builds, trains and is evaluated
-through nbs/train.ipynb, the run records the rung's settings, and the ladder's CSV, markdown and chart appear."""
+"""`python -m semivl.sweep --ladder` on one seed, 3 iterations per rung, with one extra setting on every rung: every
+rung's config builds, trains and is evaluated through nbs/train.ipynb, the run records the rung's settings and the
+extra one, and the ladder's CSV, markdown and chart appear."""
 import csv
 import json
 import subprocess
@@ -18,7 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 def ladder(tmp_path_factory):
     out = tmp_path_factory.mktemp('ladder')
     cmd = [sys.executable, '-m', 'semivl.sweep', '--ladder', '--splits', '20', '--seeds', '0', '--out', str(out),
-           '-p', 'iters', '3', '-p', 'batch_size', '2', '-p', 'val_limit', '4', '-p', 'snapshots', '1', '-p', 'threads', '1']
+           '-p', 'iters', '3', '-p', 'batch_size', '2', '-p', 'val_limit', '4', '-p', 'snapshots', '1', '-p', 'threads', '1',
+           '--options', '{"fp_rate": 0.4}']   # an idea tried on every rung
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     return out
@@ -33,6 +35,7 @@ def test_every_rung_trains_three_iterations_with_its_settings(ladder):
         assert m['method'] == r.method and 0 <= m['miou'] <= 100
         settings = {**m['model_cfg'], **m['train_cfg']}
         for k, v in rung_options(r).items(): assert settings[k] == v, (r.key, k)
+        assert settings['fp_rate'] == 0.4, r.key
     cfg = lambda key: json.loads((ladder/f'toy-20-{key}-s0'/'metrics.json').read_text())['model_cfg']
     assert (cfg('vit')['init'], cfg('clip')['init'], cfg('ftap')['head'], cfg('vlg')['head']) == ('random', 'clip', 'dlv3p', 'vlg')
     assert cfg('guidance')['guidance_text'] == 'single' and cfg('semivl')['guidance_text'] is None
