@@ -154,8 +154,9 @@ def plot_ladder_classes(rows: list[dict], title: str = 'per-class IoU per rung')
         ax.imshow(m if m.size else np.zeros((1, len(names))), aspect='auto', **kw)
         ax.set_xticks(range(len(names)), names, rotation=60, ha='right', fontsize=7)
         ax.set_yticks(range(len(ylab)), ylab, fontsize=8)
-        for (i, j), v in np.ndenumerate(m): ax.text(j, i, f'{v:.0f}' if m is t else f'{v:+.0f}', ha='center', va='center', fontsize=6,
-                                                   color='w' if (m is t and v < 50) else 'k')
+        for (i, j), v in np.ndenumerate(m):   # white text on the dark cells of either map
+            dark = v < 50 if m is t else abs(v) > 0.6 * lim
+            ax.text(j, i, f'{v:.0f}' if m is t else f'{v:+.0f}', ha='center', va='center', fontsize=6, color='w' if dark else 'k')
     axs[0, 0].set_title('IoU (%)', fontsize=9); axs[0, 1].set_title('change from the rung below', fontsize=9)
     fig.suptitle(title, fontsize=10); fig.tight_layout()
     return fig
