@@ -19,8 +19,8 @@ from .core import refused_global
 # %% auto #0
 __all__ = ['CHECKPOINT_NAMES', 'resolve_weights', 'read_state_dict', 'is_torchscript_archive', 'read_torchscript_tensors',
            'pretrained_tag_of', 'load_clip', 'run_clip', 'is_tiny_clip', 'resize_pos_embed', 'value_path',
-           'block_forward', 'ClipBackbone', 'clone_visual', 'frozen_clip_encoder', 'random_init_visual',
-           'zoomed_dense_embedding', 'official_to_visual', 'visual_to_official', 'load_official_backbone']
+           'block_forward', 'ClipBackbone', 'clone_visual', 'frozen_clip_encoder', 'zoomed_dense_embedding',
+           'official_to_visual', 'visual_to_official', 'load_official_backbone']
 
 # %% ../nbs/04_clip.ipynb #1fd9cfa3
 _OPENAI_EXTRA_KEYS = ('input_resolution', 'context_length', 'vocab_size')
@@ -392,20 +392,6 @@ def frozen_clip_encoder(visual: nn.Module, # the original tower (its pos-embed s
     "A frozen, eval-mode `ClipBackbone` (no skip features) for MaskCLIP pseudo-labels"
     enc = ClipBackbone(clone_visual(visual, share_frozen), img_size=img_size, skip_blocks=(), **kw)
     return enc.requires_grad_(False).eval()
-
-# %% ../nbs/04_clip.ipynb #360297e0
-@torch.no_grad()
-def random_init_visual(visual: VisionTransformer, # an open_clip image tower, re-drawn in place
-                      ) -> VisionTransformer:
-    "Re-draw every weight of `visual` as a freshly built open_clip tower would be (global RNG); returns it"
-    for m in visual.modules():
-        if isinstance(m, nn.MultiheadAttention): m._reset_parameters()
-        elif m is not visual and hasattr(m, 'reset_parameters'): m.reset_parameters()
-    scale = visual.conv1.out_channels ** -0.5
-    for name in ('class_embedding', 'positional_embedding', 'proj'):
-        p = getattr(visual, name, None)
-        if isinstance(p, nn.Parameter): p.normal_(0, scale)
-    return visual
 
 # %% ../nbs/04_clip.ipynb #c3f1d9e4
 @torch.no_grad()

@@ -14,13 +14,13 @@ import torch.nn.functional as F
 
 from .core import Cfg, IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, CLIP_MEAN, CLIP_STD
 from .clip import (ClipBackbone, frozen_clip_encoder, load_official_backbone, read_state_dict,
-                         visual_to_official, zoomed_dense_embedding, random_init_visual)
+                         visual_to_official, zoomed_dense_embedding)
 from .decoder import VLGHead, DLV3PHead, ConvSkipEncoder
 from .text import maskclip_scores
 
 # %% auto #0
-__all__ = ['HEADS', 'INITS', 'ModelCfg', 'labels_from_logits', 'SemiVLSegmentor', 'fit_guidance_bg_bias', 'official_state_dict',
-           'load_official_checkpoint']
+__all__ = ['HEADS', 'INITS', 'ModelCfg', 'labels_from_logits', 'SemiVLSegmentor', 'random_init_visual', 'fit_guidance_bg_bias',
+           'official_state_dict', 'load_official_checkpoint']
 
 # %% ../nbs/07_segmentor.ipynb #119604c6
 HEADS = ('vlg', 'dlv3p')   # SemiVL's decoder; the ladder's DeepLabV3+
@@ -201,6 +201,20 @@ class SemiVLSegmentor(nn.Module):
                              ) -> torch.Tensor:
         "MaskCLIP pseudo-labels (B, H, W), 255 where the softmax confidence is below `conf_thresh`"
         return labels_from_logits(self.maskclip_logits(img), img.shape[-2:], conf_thresh, temperature)
+
+# %% ../nbs/07_segmentor.ipynb #360297e0
+@torch.no_grad()
+def random_init_visual(visual: nn.Module, # an open_clip image tower, re-drawn in place
+                      ) -> nn.Module:
+    "Re-draw every weight of `visual` as a freshly built open_clip tower would be (global RNG); returns it"
+    for m in visual.modules():
+        if isinstance(m, nn.MultiheadAttention): m._reset_parameters()
+        elif m is not visual and hasattr(m, 'reset_parameters'): m.reset_parameters()
+    scale = visual.conv1.out_channels ** -0.5
+    for name in ('class_embedding', 'positional_embedding', 'proj'):
+        p = getattr(visual, name, None)
+        if isinstance(p, nn.Parameter): p.normal_(0, scale)
+    return visual
 
 # %% ../nbs/07_segmentor.ipynb #3b6fc928
 @torch.no_grad()
