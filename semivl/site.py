@@ -64,17 +64,25 @@ def build_site(nbs: str | Path = 'nbs',   # the notebooks folder
                tmp: str | Path | None = None, # scratch folder of the user notebooks' short runs (None: a new temp folder)
                ) -> list[Path]:
     "Render the notebooks of `nbs` into HTML pages under `out`; returns the pages written"
-    import nbformat
-    from nbconvert import HTMLExporter
     nbs, out = Path(nbs), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for d in ('images', 'results'):   # pictures the pages point at (the README's figures and result charts)
         if (nbs/d).is_dir(): shutil.copytree(nbs/d, out/d, dirs_exist_ok=True)
-    tmp = Path(tmp or tempfile.mkdtemp(prefix='semivl-site-'))   # the user notebooks' runs stay out of the site
     user = [n for n in SITE_PARAMS if (nbs/f'{n}.ipynb').exists()]
     paths = sorted(p for p in nbs.glob('*.ipynb') if p.stem not in SITE_PARAMS) + [nbs/f'{n}.ipynb' for n in user]
     if names is not None: paths = [p for p in paths if p.stem in names]
-    exporter, pages, rows = HTMLExporter(template_name='lab'), [], []
+    with tempfile.TemporaryDirectory(prefix='semivl-site-') as scratch:   # the user notebooks' runs stay out of the site
+        rows = _render_pages(paths, out, execute, timeout, Path(tmp or scratch))
+    links = '\n'.join(f'<li><a href="{n}">{html.escape(t)}</a> <code>{n}</code></li>' for n, t in rows)
+    (out/'contents.html').write_text(f'<!doctype html><meta charset="utf-8"><title>semivl: contents</title>'
+                                     f'<h1>semivl notebooks</h1><ul>{links}</ul>')
+    return [out/n for n, _ in rows]
+
+def _render_pages(paths: list[Path], out: Path, execute: bool, timeout: int, tmp: Path) -> list[tuple[str, str]]:
+    "Execute (optionally) and render each notebook into `out`; returns (page name, title) rows"
+    from nbconvert import HTMLExporter
+    import nbformat
+    exporter, rows = HTMLExporter(template_name='lab'), []
     for p in paths:
         t0 = time.time()
         nb = nbformat.read(p, as_version=4)
@@ -84,12 +92,9 @@ def build_site(nbs: str | Path = 'nbs',   # the notebooks folder
             except Exception as e: raise RuntimeError(f"{p.name} failed while building the site: {e}") from e
         page = out/('index.html' if p.stem == 'index' else f'{p.stem}.html')
         page.write_text(_page(_for_reading(nb), exporter))
-        pages.append(page); rows.append((page.name, _title(nb) or p.stem))
+        rows.append((page.name, _title(nb) or p.stem))
         print(f"{p.name} -> {page} ({time.time() - t0:.0f} s)", flush=True)
-    links = '\n'.join(f'<li><a href="{n}">{html.escape(t)}</a> <code>{n}</code></li>' for n, t in rows)
-    (out/'contents.html').write_text(f'<!doctype html><meta charset="utf-8"><title>semivl: contents</title>'
-                                     f'<h1>semivl notebooks</h1><ul>{links}</ul>')
-    return pages
+    return rows
 
 def main(argv=None):
     p = argparse.ArgumentParser(description='Render the nbs/ notebooks, executed, into an HTML site')

@@ -59,3 +59,27 @@ def test_browser_test_skips_without_chromium_unless_required():
     required = run(SEMIVL_REQUIRE_BROWSER='1')
     assert required.returncode == 1 and '1 failed' in required.stdout, required.stdout
     assert (ROOT/'.ci'/'run').read_text().count('SEMIVL_REQUIRE_BROWSER=1') == 1
+
+
+def _scratch_notebooks() -> list[str]:
+    "Notebooks whose run cells make temp folders (`#| eval: false` cells are not run by nbdev_test)"
+    import json
+    out = []
+    for nb in sorted((ROOT/'nbs').glob('*.ipynb')):
+        cells = json.loads(nb.read_text())['cells']
+        srcs = [''.join(c['source']) for c in cells if c['cell_type'] == 'code']
+        if any('mkdtemp' in s and not re.search(r'^#\|\s*eval:\s*false', s, re.M) for s in srcs): out.append(nb.stem)
+    return out
+
+
+def test_notebook_examples_leave_no_scratch_folders(tmp_path):
+    "nbdev_test of every notebook that makes temp folders leaves TMPDIR empty (it runs on every test, for every user)"
+    names = _scratch_notebooks()
+    assert len(names) >= 5, names    # the scan finds the notebooks it is meant to check
+    scratch = tmp_path/'tmp'; scratch.mkdir()
+    exe = Path(sys.executable).with_name('nbdev_test')
+    pattern = '(' + '|'.join(re.escape(n) for n in names) + r')\.ipynb'
+    subprocess.run([str(exe), '--n_workers', '2', '--file_re', pattern], cwd=ROOT, check=True,
+                   env=os.environ | {'TMPDIR': str(scratch)})
+    left = [p.name for p in scratch.iterdir() if not p.name.startswith('torchinductor_')]   # torch's own compile cache
+    assert left == [], f"left behind by {names}"
