@@ -377,7 +377,8 @@ def toy_viewer(split: str = 'val',               # split of the toy world to bro
     "The viewer on the toy world: the 'toy' SemiVL model (student) and its frozen tiny CLIP (MaskCLIP teacher)"
     from semivl.toyworld import ensure_toyworld
     from semivl.viewer_model import segmentor_viewer_model, toy_segmentor
-    images = SplitImages(ensure_toyworld(root), split)
-    seg, texts, c2c = toy_segmentor(checkpoint, images.meta)
+    world = ensure_toyworld(root)
+    images = SplitImages(world, split)
+    seg, texts, c2c = toy_segmentor(checkpoint, world)
     model = segmentor_viewer_model(seg, texts, c2c, student=student, device=device)
     return PseudoLabelViewer(images, model, classes=images.meta['classes'], palette=images.meta.get('palette'), **kw)

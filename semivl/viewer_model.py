@@ -127,21 +127,22 @@ def _toy_clip():
     with _seeded(0): return toyclip.create_toy_clip(toyclip.toy_clip_config(len(tok.vocab))).eval(), tok
 
 def toy_segmentor(checkpoint: str | Path | None = None, # training checkpoint (dict with 'model'); None: fresh
-                  info: dict | None = None,             # toy-world class info (default: read from the world)
+                  root: str | Path | None = None,       # toy world folder (default: the cached world)
                  ):
     "`(segmentor, texts, concept_to_class)`: the 'toy' SemiVL model on the tiny CLIP, and all its text sources"
-    # as `semivl.text.dataset_text` builds it for training: class names for the decoder, the prompts for MaskCLIP
     from semivl.checkpoint import load_checkpoint
     from semivl.run_eval import checkpoint_configs
     from semivl.segmentor import ModelCfg, SemiVLSegmentor
-    if info is None:
-        from semivl.toyworld import ensure_toyworld
-        info = json.loads((ensure_toyworld()/'classes.json').read_text())
+    from semivl.text import dataset_text
+    from semivl.toyworld import ensure_toyworld
+    classes = ensure_toyworld(root, create=root is None)/'classes.json'
     clip, tok = _toy_clip()
-    texts, c2c = clip_texts(clip, tok, info)
+    texts, c2c = clip_texts(clip, tok, json.loads(classes.read_text()))
     ck = None if checkpoint is None else load_checkpoint(checkpoint)
     mcfg = ModelCfg.preset('toy') if ck is None else checkpoint_configs(ck, 'toy')[0]   # as `prepare_evaluation` reads it
-    with _seeded(0): seg = SemiVLSegmentor(mcfg, clip, texts['single'], texts.get('prompts'))
+    # the text as training built it: class names for the decoder, the guidance's own text mode (prompts or names)
+    text = dataset_text(str(classes), clip, tok, guidance_mode=mcfg.guidance_text)
+    with _seeded(0): seg = SemiVLSegmentor(mcfg, clip, **text)
     if ck is not None:
         try: seg.load_state_dict(ck.get('model', ck))     # (weights from before `guidance_bias` load with zeros)
         except RuntimeError as e: raise KeyError(f"{checkpoint} does not fit the toy model: {e}") from None

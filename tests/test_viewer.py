@@ -292,3 +292,10 @@ def test_toy_segmentor_builds_the_model_a_checkpoint_describes(tmp_path):
     img = torch.randn(1, 3, 64, 64)
     with torch.no_grad(): torch.testing.assert_close(got(img), seg(img))
     torch.testing.assert_close(got.maskclip_logits(img), seg.maskclip_logits(img))
+    torch.testing.assert_close(got.guidance_text, texts['prompts'])          # the toy world's prompts guide by default
+    bare = cfg.update(guidance_text='single')                              # the ladder's bare-names rung
+    seg = SemiVLSegmentor(bare, _toy_clip()[0], texts['single'], texts['single']).eval()
+    torch.save({'model': seg.state_dict(), 'model_cfg': bare.to_dict()}, tmp_path/'bare.pth')
+    got, _, _ = toy_segmentor(tmp_path/'bare.pth')
+    torch.testing.assert_close(got.guidance_text, texts['single'])
+    torch.testing.assert_close(got.maskclip_logits(img), seg.maskclip_logits(img))
