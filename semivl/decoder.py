@@ -15,8 +15,8 @@ from torchvision.models.resnet import Bottleneck
 from .text import aggregate_concepts
 
 # %% auto #0
-__all__ = ['DilatedConv2d', 'ASPPPooling', 'ASPP', 'EncoderLayer', 'SemanticTransformer', 'Up', 'VLGHead', 'ASPPModule',
-           'DLV3PHead', 'ConvSkipEncoder']
+__all__ = ['DilatedConv2d', 'ASPPPooling', 'ASPP', 'EncoderLayer', 'SemanticTransformer', 'Up', 'official_resize', 'VLGHead',
+           'ASPPModule', 'DLV3PHead', 'ConvSkipEncoder']
 
 # %% ../nbs/06_decoder.ipynb #ede5669a
 class DilatedConv2d(nn.Conv2d):
@@ -122,6 +122,16 @@ class Up(nn.Module):
         return self.conv[1:](y)
 
 # %% ../nbs/06_decoder.ipynb #0e2f44d3
+def official_resize(logits: torch.Tensor, # stride-4 logits of a decode head
+                    img_size: int,        # the head's training crop
+                    size: tuple,          # (H, W) of the input image
+                   ) -> torch.Tensor:
+    "The official double resize: to (img_size, img_size), then to `size` (bilinear, align_corners=False)"
+    x = F.interpolate(logits, size=(img_size, img_size), mode='bilinear', align_corners=False)
+    if tuple(size) != (img_size, img_size):
+        x = F.interpolate(x, size=tuple(size), mode='bilinear', align_corners=False)
+    return x
+
 class VLGHead(nn.Module):
     "SemiVL's VLG decoder (official module names). Stride-4 logits; `resize_output` does the double resize"
     def __init__(self, num_classes: int, # N, the text rows per forward (concepts are aggregated after the head)
@@ -167,14 +177,9 @@ class VLGHead(nn.Module):
         x = self.head(x).view(B, N, 4 * h, 4 * w)
         return x if concept_to_class is None else aggregate_concepts(x, concept_to_class, self.num_classes)
 
-    def resize_output(self, logits: torch.Tensor, # stride-4 logits
-                      size: tuple, # (H, W) of the input image
-                     ) -> torch.Tensor:
-        "The official double resize: to (img_size, img_size), then to `size` (bilinear, align_corners=False)"
-        x = F.interpolate(logits, size=(self.img_size, self.img_size), mode='bilinear', align_corners=False)
-        if tuple(size) != (self.img_size, self.img_size):
-            x = F.interpolate(x, size=tuple(size), mode='bilinear', align_corners=False)
-        return x
+    def resize_output(self, logits: torch.Tensor, size: tuple) -> torch.Tensor:
+        "`official_resize` at this head's crop"
+        return official_resize(logits, self.img_size, size)
 
 # %% ../nbs/06_decoder.ipynb #dcc86376
 _conv_bn_relu = functools.partial(_conv_norm_relu, norm='bn')   # dilated taps that only see padding are skipped
@@ -214,8 +219,8 @@ class DLV3PHead(nn.Module):
         return self.head(torch.cat([c1, c4], 1))
 
     def resize_output(self, logits: torch.Tensor, size: tuple) -> torch.Tensor:
-        "The same double resize as the VLG head: to (img_size, img_size), then to `size`"
-        return VLGHead.resize_output(self, logits, size)
+        "The same double resize as the VLG head (`official_resize`)"
+        return official_resize(logits, self.img_size, size)
 
 # %% ../nbs/06_decoder.ipynb #8ef43944
 class ConvSkipEncoder(nn.Module):
