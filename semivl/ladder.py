@@ -12,9 +12,9 @@ from .sweep import (PSEUDO_NOTE, ROW_FIELDS, class_iou_table, markdown_table, me
                           run_grid, run_rows)
 
 # %% auto #0
-__all__ = ['LADDER', 'FULL_FT_LR_RATIO', 'RUN_COLUMNS', 'LADDER_FIELDS', 'Rung', 'rung_options', 'ladder_runs', 'ladder_grid',
-           'ladder_rung', 'ladder_summary', 'ladder_markdown', 'plot_ladder', 'ladder_class_iou', 'plot_ladder_classes',
-           'write_ladder', 'save_ladder_chart', 'run_ladder', 'main']
+__all__ = ['LADDER', 'FULL_FT_LR_RATIO', 'RUN_COLUMNS', 'LADDER_FIELDS', 'Rung', 'rung_options', 'ladder_runs', 'rung_overrides',
+           'ladder_grid', 'ladder_rung', 'ladder_summary', 'ladder_markdown', 'plot_ladder', 'ladder_class_iou',
+           'plot_ladder_classes', 'write_ladder', 'save_ladder_chart', 'run_ladder', 'main']
 
 # %% ../nbs/12_ladder.ipynb #695dfc94
 @dataclass(frozen=True)
@@ -62,6 +62,10 @@ def ladder_runs(splits: list = (20,), seeds: list[int] = (0, 1, 2), dataset: str
                 p['out_dir'] = str(Path(out)/f'{dataset}-{split}-{r.key}-s{seed}')
                 runs.append((r.key, p))
     return runs
+
+def rung_overrides(options: dict | None, dataset: str = 'toy', rungs: tuple = LADDER) -> list[str]:
+    "The settings in `options` that replace a rung's own (the ladder then no longer measures that rung's component)"
+    return sorted(set(options or {}) & {k for r in rungs for k in rung_options(r, dataset)})
 
 def ladder_grid(*args, **kwargs) -> list[dict]:
     "Papermill parameters of every rung × seed × split (`ladder_runs` without the keys)"
@@ -191,7 +195,7 @@ def save_ladder_chart(summary: list[dict], path: str | Path):
 def run_ladder(args, extra: dict) -> list[dict]:
     "The `--ladder` branch of `python -m semivl.sweep`: run the grid, write the tables and the chart"
     from semivl.sweep import _executor, parse_value
-    if args.options and (over := sorted(set(args.options) & {k for r in LADDER for k in rung_options(r, args.dataset)})):
+    if over := rung_overrides(args.options, args.dataset):
         print(f"warning: --options {over} replace settings that define rungs", file=sys.stderr)
     runs = ladder_runs([parse_value(s) for s in args.splits], args.seeds, args.dataset, args.out, extra, args.options)
     results = run_grid([p for _, p in runs], args.notebook, args.force, args.jobs, _executor(args),
