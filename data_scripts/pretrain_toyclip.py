@@ -39,7 +39,7 @@ def main(args):
     if args.eval_only: return evaluate(args.out, args.baseline_steps)
     cfg = TrainToyClipCfg().update(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                    weight_decay=args.weight_decay, warmup=args.warmup, n_scenes=args.n_scenes,
-                                   seed=args.seed, wide_crops=args.wide_crops, text_sep=args.text_sep, eval_every=args.eval_every, ckpt_every=args.ckpt_every,
+                                   seed=args.seed, wide_crops=args.wide_crops, scene_zoom=tuple(args.scene_zoom), text_sep=args.text_sep, eval_every=args.eval_every, ckpt_every=args.ckpt_every,
                                    n_eval_scenes=args.n_eval_scenes, threads=args.threads, max_minutes=args.max_minutes)
     metrics = pretrain_toy_clip(cfg, args.out, progress=not args.no_progress)
     print(json.dumps(metrics['zero_shot'], indent=1))
@@ -60,6 +60,8 @@ def get_args_parser(add_help=True):
     p.add_argument('--seed', type=int, default=d.seed)
     p.add_argument('--text-sep', type=float, default=d.text_sep, help='weight of the class-prompt separation term')
     p.add_argument('--wide-crops', type=float, default=d.wide_crops, help='fraction of crops up to the whole scene')
+    p.add_argument('--scene-zoom', type=float, nargs=2, default=d.scene_zoom, metavar=('LO', 'HI'),
+                   help='scene half of each batch: windows magnified by U(LO, HI) (1 1: whole scenes; 2 2: the 128-px world scale)')
     p.add_argument('--eval-every', type=int, default=d.eval_every, help='steps between zero-shot evaluations')
     p.add_argument('--ckpt-every', type=int, default=d.ckpt_every, help='steps between resumable checkpoints')
     p.add_argument('--n-eval-scenes', type=int, default=d.n_eval_scenes, help='held-out scenes for zero-shot eval')

@@ -70,16 +70,30 @@ def _key(classes) -> int:
     "Caption key: the set of named classes as a bitmask"
     return sum(1 << int(c) for c in set(classes))
 
+def _scene_windows(corpus: dict, si: np.ndarray, zoom: tuple[float, float], rng) -> tuple[torch.Tensor, list[list[int]]]:
+    "Scenes `si` whole (zoom (1, 1)), or random square windows magnified by zoom ~ U(zoom); and the classes each shows"
+    scenes = torch.from_numpy(corpus['images'][si]).permute(0, 3, 1, 2).float()
+    if tuple(zoom) == (1., 1.):  # whole scenes, named as the corpus captions them (>= 20 visible pixels)
+        return scenes, [sorted({o['cls'] for o in corpus['objects'][i] if o['visible'] >= 20}) for i in si]
+    sides = CLIP_SIZE / rng.uniform(*zoom, len(si))
+    x0, y0 = rng.uniform(0, CLIP_SIZE - sides), rng.uniform(0, CLIP_SIZE - sides)
+    boxes = np.stack([x0, y0, x0 + sides, y0 + sides], 1)
+    rois = torch.tensor(np.concatenate([np.arange(len(si))[:, None], boxes], 1), dtype=torch.float32)
+    classes = []
+    for i, (bx0, by0, bx1, by1) in zip(si, np.round(boxes).astype(int)):
+        counts = np.bincount(corpus['masks'][i][by0:by1, bx0:bx1].ravel(), minlength=len(CLASSES))
+        classes.append([c for c in range(1, len(CLASSES)) if counts[c] >= 20])
+    return roi_align(scenes, rois, output_size=CLIP_SIZE, spatial_scale=1., sampling_ratio=2, aligned=True), classes
+
 def sample_batch(corpus: dict, crops: np.ndarray, batch_size: int, rng: np.random.Generator,
                  wide_crops: float = 0., # fraction of crops whose side may grow up to the whole scene
+                 scene_zoom: tuple[float, float] = (1., 1.), # the scene half: whole scenes, or windows magnified this much
                  ) -> tuple[torch.Tensor, list[str], torch.Tensor]:
     "(CLIP-normalised images (B,3,64,64), captions, caption keys) half scenes, half object crops"
     n_crop = batch_size // 2; n_scene = batch_size - n_crop
-    si = rng.integers(0, len(corpus['images']), n_scene)
-    scenes = torch.from_numpy(corpus['images'][si]).permute(0, 3, 1, 2).float()
+    scenes, scene_classes = _scene_windows(corpus, rng.integers(0, len(corpus['images']), n_scene), scene_zoom, rng)
     caps, keys = [], []
-    for i in si:
-        classes = sorted({o['cls'] for o in corpus['objects'][i] if o['visible'] >= 20})
+    for classes in scene_classes:
         caps.append(caption([classes[j] for j in rng.permutation(len(classes))])); keys.append(_key(classes))
     rows = crops[rng.integers(0, len(crops), n_crop)]
     lo = np.maximum(2 * rows[:, 3], 16)  # tight crops (2-3 radii: mostly the object alone) or wide ones
@@ -147,6 +161,7 @@ class TrainToyClipCfg(Cfg):
     threads: int = 2           # torch CPU threads
     wide_crops: float = 0.     # fraction of crops that may be wider than 3 object radii (up to the scene)
     text_sep: float = 1.       # weight of the class-prompt separation term (see `prompt_separation_loss`)
+    scene_zoom: tuple[float, float] = (1., 1.)  # scene half of each batch: whole scenes, or windows magnified by U(range)
     max_minutes: float | None = None  # time budget: the cosine follows steps or time, whichever runs out first
 
 def _progress(step: int, seconds: float, cfg: TrainToyClipCfg) -> float:
@@ -206,7 +221,8 @@ def pretrain_toy_clip(cfg: TrainToyClipCfg, out_dir: str | Path, progress: bool 
         prog = _progress(step, time.time() - t0, cfg)
         for g in opt.param_groups: g['lr'] = _lr_at(step, cfg, prog)
         model.train()
-        x, caps, keys = sample_batch(corpus, crops, cfg.batch_size, np.random.default_rng([cfg.seed, step]), cfg.wide_crops)
+        x, caps, keys = sample_batch(corpus, crops, cfg.batch_size, np.random.default_rng([cfg.seed, step]), cfg.wide_crops,
+                                     tuple(cfg.scene_zoom))
         img_f, txt_f, scale = model(x, tok(caps))
         loss = multi_positive_clip_loss(img_f, txt_f, scale, keys)
         if cfg.text_sep > 0: loss = loss + cfg.text_sep * prompt_separation_loss(model, tok)

@@ -69,10 +69,10 @@ def test_reproduces_recorded_dense_miou(shipped, metrics, tmp_path):
     assert m['bg_bias'] == pytest.approx(rec['bg_bias'], abs=1e-6)
 
 
-def _run(out, steps):
+def _run(out, steps, *extra):
     cmd = [sys.executable, str(REPO/'data_scripts/pretrain_toyclip.py'), '--out', str(out), '--steps', str(steps),
            '--batch-size', '48', '--n-scenes', '200', '--warmup', '5', '--eval-every', '10', '--ckpt-every', '10',
-           '--n-eval-scenes', '20', '--threads', '1', '--no-progress', '--skip-eval']
+           '--n-eval-scenes', '20', '--threads', '1', '--no-progress', '--skip-eval', *extra]
     env = {**os.environ, 'PYTHONPATH': str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', '')}
     subprocess.run(cmd, check=True, env=env, cwd=REPO, capture_output=True)
     with open(out/'train_log.csv') as fh: return list(csv.DictReader(fh))
@@ -88,3 +88,11 @@ def test_short_pretraining_lowers_loss_and_resumes(tmp_path):
     assert (tmp_path/'open_clip_model.safetensors').is_file() and (tmp_path/'metrics.json').is_file()
     model, tok = load_toy_clip(tmp_path)
     assert model.encode_text(tok(['a photo of a striped red.'])).shape == (1, 128)
+
+
+@pytest.mark.slow
+def test_scene_zoom_reaches_the_pretraining_run(tmp_path):
+    "`--scene-zoom LO HI` is a setting of the run: recorded in metrics.json, and the run trains on the windows"
+    log = _run(tmp_path, 10, '--scene-zoom', '2', '2')
+    assert [int(r['step']) for r in log] == [10]
+    assert json.loads((tmp_path/'metrics.json').read_text())['cfg']['scene_zoom'] == [2., 2.]
