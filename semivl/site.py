@@ -4,7 +4,7 @@
 
 # %% ../nbs/14_site.ipynb #dc4a281a
 from __future__ import annotations
-import argparse, html, re, shutil, sys, tempfile, time
+import argparse, html, os, re, shutil, sys, tempfile, time
 from pathlib import Path
 
 # %% auto #0
@@ -62,6 +62,7 @@ def build_site(nbs: str | Path = 'nbs',   # the notebooks folder
                execute: bool = True,      # run each notebook first (False: render as committed, without outputs)
                timeout: int = 900,        # seconds per cell
                tmp: str | Path | None = None, # scratch folder of the user notebooks' short runs (None: a new temp folder)
+               jobs: int = 1,             # notebooks executed at once, each kernel on one thread (the CLI: up to 4)
                ) -> list[Path]:
     "Render the notebooks of `nbs` into HTML pages under `out`; returns the pages written"
     nbs, out = Path(nbs), Path(out)
@@ -72,14 +73,36 @@ def build_site(nbs: str | Path = 'nbs',   # the notebooks folder
     paths = sorted(p for p in nbs.glob('*.ipynb') if p.stem not in SITE_PARAMS) + [nbs/f'{n}.ipynb' for n in user]
     if names is not None: paths = [p for p in paths if p.stem in names]
     with tempfile.TemporaryDirectory(prefix='semivl-site-') as scratch:   # the user notebooks' runs stay out of the site
-        rows = _render_pages(paths, out, execute, timeout, Path(tmp or scratch))
+        rows = _render_pages(paths, out, execute, timeout, Path(tmp or scratch), jobs)
     links = '\n'.join(f'<li><a href="{n}">{html.escape(t)}</a> <code>{n}</code></li>' for n, t in rows)
     (out/'contents.html').write_text(f'<!doctype html><meta charset="utf-8"><title>semivl: contents</title>'
                                      f'<h1>semivl notebooks</h1><ul>{links}</ul>')
     return [out/n for n, _ in rows]
 
-def _render_pages(paths: list[Path], out: Path, execute: bool, timeout: int, tmp: Path) -> list[tuple[str, str]]:
-    "Execute (optionally) and render each notebook into `out`; returns (page name, title) rows"
+def _render_pages(paths: list[Path], out: Path, execute: bool, timeout: int, tmp: Path, jobs: int = 1) -> list[tuple[str, str]]:
+    "Execute (optionally) and render each notebook into `out`, `jobs` at a time; returns (page name, title) rows in order"
+    user = [p for p in paths if p.stem in SITE_PARAMS]   # one chain: evaluate and viewer read train's run
+    groups = ([user] if user else []) + [[p] for p in paths if p.stem not in SITE_PARAMS]   # the longest task first
+    if jobs <= 1 or len(groups) <= 1: results = [_render_group(g, out, execute, timeout, tmp) for g in groups]
+    else: results = _render_in_workers(groups, jobs, out=out, execute=execute, timeout=timeout, tmp=tmp)
+    if user: results = results[1:] + results[:1]   # pages listed in the notebooks' order: the user notebooks last
+    return [r for rows in results for r in rows]
+
+def _render_in_workers(groups: list[list[Path]], jobs: int, **kw) -> list[list[tuple[str, str]]]:
+    "`_render_group` of every group in `jobs` spawned processes; results in the groups' order"
+    import functools, multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from semivl import site   # spawned workers find the task by module name (not a notebook's own definitions)
+    with ProcessPoolExecutor(min(jobs, len(groups)), mp_context=multiprocessing.get_context('spawn'),
+                             initializer=site._one_thread_kernels) as ex:
+        return list(ex.map(functools.partial(site._render_group, **kw), groups))
+
+def _one_thread_kernels():
+    "Kernels started by this process run torch on one thread: parallel notebooks then share the cores instead of fighting"
+    for k in ('OMP_NUM_THREADS', 'MKL_NUM_THREADS'): os.environ[k] = '1'
+
+def _render_group(paths: list[Path], out: Path, execute: bool, timeout: int, tmp: Path) -> list[tuple[str, str]]:
+    "Execute and render notebooks one after the other (a worker's task)"
     from nbconvert import HTMLExporter
     import nbformat
     exporter, rows = HTMLExporter(template_name='lab'), []
@@ -102,8 +125,9 @@ def main(argv=None):
     p.add_argument('--only', nargs='*', default=None, help='notebook stems to render (default: all)')
     p.add_argument('--no-execute', action='store_true', help='render the notebooks as committed (no outputs)')
     p.add_argument('--timeout', type=int, default=900, help='seconds per cell')
+    p.add_argument('--jobs', type=int, default=min(4, os.cpu_count() or 1), help='notebooks executed at once')
     a = p.parse_args(argv)
-    pages = build_site(a.nbs, a.out, a.only, not a.no_execute, a.timeout)
+    pages = build_site(a.nbs, a.out, a.only, not a.no_execute, a.timeout, jobs=a.jobs)
     print(f"{len(pages)} pages in {a.out}; open {Path(a.out)/'index.html'}")
 
 if __name__ == '__main__' and not hasattr(sys, 'ps1'): main()
