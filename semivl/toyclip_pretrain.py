@@ -56,13 +56,21 @@ def _crop(images: torch.Tensor, rows: np.ndarray, sides: np.ndarray, rng) -> tup
     cy, cx = rows[:, 1] + rng.uniform(-.15, .15, len(rows)) * sides, rows[:, 2] + rng.uniform(-.15, .15, len(rows)) * sides
     x0 = np.clip(cx - sides / 2, 0, CLIP_SIZE - sides); y0 = np.clip(cy - sides / 2, 0, CLIP_SIZE - sides)
     boxes = np.stack([x0, y0, x0 + sides, y0 + sides], 1)
-    rois = torch.tensor(np.concatenate([np.arange(len(rows))[:, None], boxes], 1), dtype=torch.float32)
-    return roi_align(images, rois, output_size=CLIP_SIZE, spatial_scale=1., sampling_ratio=2, aligned=True), boxes
+    return _resample(images, boxes), boxes
+
+def _resample(images: torch.Tensor, boxes: np.ndarray) -> torch.Tensor:
+    "Box i of image i (x0, y0, x1, y1 in pixels), resampled to CLIP_SIZE x CLIP_SIZE"
+    rois = torch.tensor(np.concatenate([np.arange(len(boxes))[:, None], boxes], 1), dtype=torch.float32)
+    return roi_align(images, rois, output_size=CLIP_SIZE, spatial_scale=1., sampling_ratio=2, aligned=True)
+
+def _box_counts(mask: np.ndarray, box: np.ndarray) -> np.ndarray:
+    "Pixels of each class inside a box of the mask"
+    x0, y0, x1, y1 = np.round(box).astype(int)
+    return np.bincount(mask[y0:y1, x0:x1].ravel(), minlength=len(CLASSES))
 
 def _crop_classes(mask: np.ndarray, box: np.ndarray, main: int) -> list[int]:
     "Classes a crop shows: its object first, then others covering enough of the box"
-    x0, y0, x1, y1 = np.round(box).astype(int)
-    counts = np.bincount(mask[y0:y1, x0:x1].ravel(), minlength=len(CLASSES))
+    counts, (x0, y0, x1, y1) = _box_counts(mask, box), np.round(box).astype(int)
     min_px = max(15, .04 * (x1 - x0) * (y1 - y0))
     return [main] + [c for c in range(1, len(CLASSES)) if c != main and counts[c] >= min_px]
 
@@ -78,12 +86,8 @@ def _scene_windows(corpus: dict, si: np.ndarray, zoom: tuple[float, float], rng)
     sides = CLIP_SIZE / rng.uniform(*zoom, len(si))
     x0, y0 = rng.uniform(0, CLIP_SIZE - sides), rng.uniform(0, CLIP_SIZE - sides)
     boxes = np.stack([x0, y0, x0 + sides, y0 + sides], 1)
-    rois = torch.tensor(np.concatenate([np.arange(len(si))[:, None], boxes], 1), dtype=torch.float32)
-    classes = []
-    for i, (bx0, by0, bx1, by1) in zip(si, np.round(boxes).astype(int)):
-        counts = np.bincount(corpus['masks'][i][by0:by1, bx0:bx1].ravel(), minlength=len(CLASSES))
-        classes.append([c for c in range(1, len(CLASSES)) if counts[c] >= 20])
-    return roi_align(scenes, rois, output_size=CLIP_SIZE, spatial_scale=1., sampling_ratio=2, aligned=True), classes
+    counts = [_box_counts(corpus['masks'][i], box) for i, box in zip(si, boxes)]
+    return _resample(scenes, boxes), [[c for c in range(1, len(CLASSES)) if n[c] >= 20] for n in counts]
 
 def sample_batch(corpus: dict, crops: np.ndarray, batch_size: int, rng: np.random.Generator,
                  wide_crops: float = 0., # fraction of crops whose side may grow up to the whole scene

@@ -92,7 +92,8 @@ def test_short_pretraining_lowers_loss_and_resumes(tmp_path):
 
 @pytest.mark.slow
 def test_scene_zoom_reaches_the_pretraining_run(tmp_path):
-    "`--scene-zoom LO HI` is a setting of the run: recorded in metrics.json, and the run trains on the windows"
-    log = _run(tmp_path, 10, '--scene-zoom', '2', '2')
+    "`--scene-zoom LO HI` is a setting of the run: recorded in metrics.json, and its batches (so its loss) differ"
+    log = _run(tmp_path/'zoom', 10, '--scene-zoom', '2', '2')
     assert [int(r['step']) for r in log] == [10]
-    assert json.loads((tmp_path/'metrics.json').read_text())['cfg']['scene_zoom'] == [2., 2.]
+    assert json.loads((tmp_path/'zoom'/'metrics.json').read_text())['cfg']['scene_zoom'] == [2., 2.]
+    assert log[0]['loss'] != _run(tmp_path/'whole', 10)[0]['loss']   # seeded runs: only the windows can change it
