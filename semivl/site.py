@@ -47,11 +47,14 @@ def _execute(nb, path: Path, timeout: int, params: dict | None):
     if params is not None:
         import papermill as pm
         return pm.execute_notebook(nb, None, parameters=params, kernel_name='python3', cwd=str(path.parent.parent),
-                                   progress_bar=False, execution_timeout=timeout)
+                                   progress_bar=False, execution_timeout=timeout, start_timeout=timeout)
     from nbconvert.preprocessors import ExecutePreprocessor
     skip = [c for c in nb.cells if c.cell_type == 'code' and re.search(r'^#\|\s*eval:\s*false', c.source, re.M)]
     for c in skip: c.cell_type = 'raw'        # nbdev's `#| eval: false`: shown, not run (as nbdev_test does)
-    try: ExecutePreprocessor(timeout=timeout, kernel_name='python3').preprocess(nb, {'metadata': {'path': str(path.parent)}})
+    # a kernel may start slowly when several notebooks run at once on few cores: it gets the cell timeout to get ready
+    # (nbclient's own 60 s failed a CI build on 2 cores), not a separate, shorter limit
+    ep = ExecutePreprocessor(timeout=timeout, startup_timeout=timeout, kernel_name='python3')
+    try: ep.preprocess(nb, {'metadata': {'path': str(path.parent)}})
     finally:
         for c in skip: c.update(cell_type='code', outputs=[], execution_count=None)
     return nb
