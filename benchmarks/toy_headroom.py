@@ -9,6 +9,7 @@ unlabeled images, how many object pixels the student keeps as pseudo-labels (con
 are. The MaskCLIP guidance's labels (confidence >= 0.9) get the same read-out.
 
     python benchmarks/toy_headroom.py --iters 1600 --seeds 0 1 --methods supervised oracle unimatch semivl
+    python benchmarks/toy_headroom.py --data-root ~/worlds/big --split 92 --methods supervised oracle   # a variant world
 """
 import argparse
 import json
@@ -78,6 +79,13 @@ def kept_pixels(labels: torch.Tensor, keep: torch.Tensor, y: torch.Tensor) -> di
                 kept_texture_acc=100 * (labels == y)[col_ok].float().mean().item() if col_ok.any() else float('nan'))
 
 
+def world_label(root: Path) -> str:
+    "The knobs a variant world changed (its classes.json), or 'default'"
+    knobs = json.loads((root/'classes.json').read_text()).get('world', {})
+    fmt = lambda v: '-'.join(map(str, v)) if isinstance(v, list) else str(v)
+    return ' '.join(f'{k}={fmt(v)}' for k, v in knobs.items()) or 'default'
+
+
 def run(method: str, seed: int, a, root: Path, world_all: Path, clip, text, vx, vy, val_loader) -> dict:
     data_root, split = (world_all, 'all') if method == 'oracle' else (root, a.split)
     info = dataset_info(data_root)
@@ -102,7 +110,8 @@ def run(method: str, seed: int, a, root: Path, world_all: Path, clip, text, vx, 
         cm.update(predict(model, b['img'], b['mask'].shape[-2:], tcfg.eval_mode, tcfg.eval_crop, tcfg.eval_stride).argmax(1), b['mask'])
     with torch.no_grad(): p = torch.cat([model(vx[i:i + 64]) for i in range(0, len(vx), 64)]).softmax(1)
     conf, lab = p.max(1)
-    return dict(method=method, seed=seed, iterations=res['iteration'], train_seconds=round(seconds),
+    return dict(world=world_label(root), split='all' if method == 'oracle' else a.split,
+                method=method, seed=seed, iterations=res['iteration'], train_seconds=round(seconds),
                 **confusion_stats(cm.mat), **kept_pixels(lab, conf >= 0.95, vy))
 
 
@@ -113,6 +122,9 @@ def main():
     ap.add_argument('--seeds', type=int, nargs='+', default=[0])
     ap.add_argument('--methods', nargs='+', default=['supervised', 'oracle', 'unimatch', 'semivl'])
     ap.add_argument('--threads', type=int, default=1)
+    ap.add_argument('--data-root', default=None, help='a toy world folder (default: the cached default world), '
+                    'e.g. a variant written by data_scripts/make_toyworld.py')
+    ap.add_argument('--clip', default=None, help='a tiny-CLIP folder (default: the shipped one)')
     ap.add_argument('--out', default='runs/headroom')
     ap.add_argument('--quiet', action='store_true')
     ap.add_argument('--stop-after', type=int, default=None, help='stop every run at this iteration (a smoke test)')
@@ -121,9 +133,9 @@ def main():
     a = ap.parse_args()
     if a.render: return render(a.render, a.md)
     torch.set_num_threads(a.threads)
-    root = ensure_toyworld(); out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
+    root = ensure_toyworld(a.data_root, create=a.data_root is None); out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     world_all = oracle_world(root, out, a.split)
-    clip, tok = load_toy_clip()
+    clip, tok = load_toy_clip(a.clip)
     text = dataset_text(str(root/'classes.json'), clip, tok)
     vx, vy = tiles(root, a.split)
     val_loader = build_loader(semi_datasets(root, a.split, info=dataset_info(root), crop=64)['val'], 50, shuffle=False,
@@ -134,7 +146,7 @@ def main():
     fit_guidance_bg_bias(g, normalize_batch({'img': torch.from_numpy(x).permute(0, 3, 1, 2)}, 'cpu')['img'], torch.from_numpy(y).long())
     guide = torch.cat([g.maskclip_pseudo_label(vx[i:i + 64], conf_thresh=0.0) for i in range(0, len(vx), 64)])
     guide9 = torch.cat([g.maskclip_pseudo_label(vx[i:i + 64], conf_thresh=0.9) for i in range(0, len(vx), 64)])
-    rows = [dict(method='guidance (MaskCLIP, >= 0.9)', **kept_pixels(torch.where(guide9 == 255, guide, guide9), guide9 != 255, vy))]
+    rows = [dict(world=world_label(root), split=a.split, method='guidance (MaskCLIP, >= 0.9)', **kept_pixels(torch.where(guide9 == 255, guide, guide9), guide9 != 255, vy))]
     print(json.dumps(rows[-1]), flush=True)
     for seed in a.seeds:
         for m in a.methods:
@@ -142,11 +154,11 @@ def main():
             print(json.dumps(rows[-1]), flush=True)
     (out/'headroom.json').write_text(json.dumps(rows, indent=1))
     cmd = (f"python benchmarks/toy_headroom.py --split {a.split} --iters {a.iters} --seeds {' '.join(map(str, a.seeds))} "
-           f"--methods {' '.join(a.methods)}")
+           f"--methods {' '.join(a.methods)}" + (f' --data-root {a.data_root}' if a.data_root else '') + (f' --clip {a.clip}' if a.clip else ''))
     print(markdown(rows, cmd))
 
 
-COLUMNS = ('method', 'seed', 'iterations', 'miou', 'colour_miou', 'texture_acc', 'obj_kept', 'kept_acc', 'kept_texture_acc')
+COLUMNS = ('world', 'split', 'method', 'seed', 'iterations', 'miou', 'colour_miou', 'texture_acc', 'obj_kept', 'kept_acc', 'kept_texture_acc')
 
 
 def markdown(rows: list[dict], cmd: str) -> str:
@@ -161,10 +173,13 @@ def render(paths: list[str], md: str | None):
     rows, seen = [], set()
     for p in paths:
         for r in json.loads(Path(p).read_text()):
-            key = (r['method'], r.get('seed'))
+            key = (r.get('world'), r.get('split'), r['method'], r.get('seed'))
             if key not in seen: seen.add(key); rows.append(r)
     order = {m: i for i, m in enumerate(['supervised', 'unimatch', 'semivl', 'oracle'])}
-    rows.sort(key=lambda r: ('seed' in r, order.get(r['method'], 9), r.get('seed', -1)))
+    worlds = list(dict.fromkeys(r.get('world') for r in rows))   # the worlds in the order they were given
+    split_key = lambda s: (s == 'all', int(s) if str(s).isdigit() else 0, str(s))
+    rows.sort(key=lambda r: (worlds.index(r.get('world')), 'seed' in r, split_key(r.get('split', '')),
+                             order.get(r['method'], 9), r.get('seed', -1)))
     text = markdown(rows, 'python benchmarks/toy_headroom.py --render ' + ' '.join(paths))
     print(text)
     if md: Path(md).write_text(text + '\n')

@@ -2,6 +2,7 @@
 
     python data_scripts/make_toyworld.py                       # default cache folder, semivl.core.cache_dir('toyworld', 'v<VERSION>')
     python data_scripts/make_toyworld.py --root /tmp/tw --n-train 200 --n-val 50
+    python data_scripts/make_toyworld.py --root ~/worlds/big --radius 10 20    # a variant world (knobs: semivl.toyworld.WorldCfg)
 
 The kit calls `semivl.toyworld.ensure_toyworld()` itself on first use, so this script is only needed to
 pre-generate the world or to write a variant (other seed or size) somewhere else.
@@ -9,13 +10,17 @@ pre-generate the world or to write a variant (other seed or size) somewhere else
 import argparse
 import time
 
-from semivl.toyworld import SPLIT_SIZES, ensure_toyworld
+from semivl.toyworld import SPLIT_SIZES, WorldCfg, ensure_toyworld
 
 
 def main(args):
     t = time.time()
+    world = WorldCfg.from_args(args)
+    if world.changes() and args.root is None:
+        raise SystemExit('a variant world (--objects/--radius/--period/--texture-contrast/--illumination) needs its own --root: '
+                         'the default cache folder holds the default world')
     root = ensure_toyworld(args.root, n_train=args.n_train, n_val=args.n_val, seed=args.seed,
-                           split_sizes=tuple(args.split_sizes), progress=not args.no_progress)
+                           split_sizes=tuple(args.split_sizes), progress=not args.no_progress, world=world)
     print(f'toy world at {root} ({time.time() - t:.1f} s)')
     return root
 
@@ -28,6 +33,7 @@ def get_args_parser(add_help=True):
     p.add_argument('--seed', type=int, default=0, help='world seed')
     p.add_argument('--split-sizes', type=int, nargs='+', default=list(SPLIT_SIZES), help='numbers of labeled images')
     p.add_argument('--no-progress', action='store_true', help='no progress bar')
+    WorldCfg.add_args(p)
     return p
 
 

@@ -75,3 +75,19 @@ def test_every_unlabeled_file_exists(world):
     for line in _lines(world, f'splits/{SPLIT_SIZES[0]}/unlabeled.txt'):
         img, mask = line.split(' ')
         assert (world/img).is_file() and (world/mask).is_file()
+
+
+def test_make_toyworld_writes_a_variant_only_into_its_own_folder(tmp_path):
+    "data_scripts/make_toyworld.py with world knobs: the folder's classes.json records them, and the default cache is refused"
+    import subprocess, sys
+    script = Path(__file__).resolve().parents[1]/'data_scripts'/'make_toyworld.py'
+    small = ['--n-train', '6', '--n-val', '2', '--split-sizes', '2', '--no-progress']
+    r = subprocess.run([sys.executable, str(script), '--root', str(tmp_path/'big'), '--radius', '10', '20',
+                        '--texture-contrast', '60', *small], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path/'big'/'classes.json').read_text())['world'] == {'radius': [10, 20], 'texture_contrast': 60}
+    default = write_toyworld(tmp_path/'default', n_train=6, n_val=2, split_sizes=(2,), progress=False)
+    big_mask = np.array(Image.open(tmp_path/'big'/'masks'/'train'/'train_00000.png'))
+    assert (big_mask > 0).sum() > (np.array(Image.open(default/'masks'/'train'/'train_00000.png')) > 0).sum()
+    r = subprocess.run([sys.executable, str(script), '--illumination', '.2', *small], capture_output=True, text=True)
+    assert r.returncode != 0 and 'needs its own --root' in r.stderr
