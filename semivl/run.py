@@ -325,6 +325,8 @@ def save_run(run: TrainingRun, ev: dict, # a trained run and its `evaluate_run` 
                    iterations=r.get('iteration'), total_iters=r.get('total_iters'), batch_size=run.tcfg.batch_size,
                    val_images=ev['num_images'], train_seconds=round(run.train_seconds, 1),
                    eval_seconds=round(run.eval_seconds, 1), device=str(run.device), out_dir=str(run.out_dir),
+                   data_root=str(run.spec.root),   # which world or copy of a dataset (a toy variant is still 'toyworld')
+                   clip_weights=None if run.clip_weights is None else str(run.clip_weights),
                    train_cfg=run.tcfg.to_dict(), model_cfg=run.mcfg.to_dict())
     (run.out_dir/'metrics.json').write_text(json.dumps(metrics, indent=1))
     return metrics
