@@ -110,9 +110,11 @@ def run(method: str, seed: int, a, root: Path, world_all: Path, clip, text, vx, 
         cm.update(predict(model, b['img'], b['mask'].shape[-2:], tcfg.eval_mode, tcfg.eval_crop, tcfg.eval_stride).argmax(1), b['mask'])
     with torch.no_grad(): p = torch.cat([model(vx[i:i + 64]) for i in range(0, len(vx), 64)]).softmax(1)
     conf, lab = p.max(1)
+    mat = cm.mat.double()
     return dict(world=world_label(root), split='all' if method == 'oracle' else a.split,
                 method=method, seed=seed, iterations=res['iteration'], train_seconds=round(seconds),
-                **confusion_stats(cm.mat), **kept_pixels(lab, conf >= 0.95, vy))
+                **confusion_stats(cm.mat), **kept_pixels(lab, conf >= 0.95, vy),
+                iou=[round(100 * v, 1) for v in (mat.diag() / (mat.sum(0) + mat.sum(1) - mat.diag())).tolist()])  # per class, in the JSON
 
 
 def main():
@@ -130,8 +132,10 @@ def main():
     ap.add_argument('--stop-after', type=int, default=None, help='stop every run at this iteration (a smoke test)')
     ap.add_argument('--render', nargs='+', metavar='JSON', help='only merge these headroom.json files into one table')
     ap.add_argument('--md', help='also write the merged table to this markdown file (with --render)')
+    ap.add_argument('--plot', help='also plot val mIoU against iterations into this PNG (with --render)')
+    ap.add_argument('--mark-iters', type=int, help='draw a line at this many iterations on the plot (e.g. the preset)')
     a = ap.parse_args()
-    if a.render: return render(a.render, a.md)
+    if a.render: return render(a.render, a.md, a.plot, a.mark_iters)
     torch.set_num_threads(a.threads)
     root = ensure_toyworld(a.data_root, create=a.data_root is None); out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     world_all = oracle_world(root, out, a.split)
@@ -168,21 +172,40 @@ def markdown(rows: list[dict], cmd: str) -> str:
     return '\n'.join(lines + ['| ' + ' | '.join(fmt(r.get(c, '')) for c in COLUMNS) + ' |' for r in rows])
 
 
-def render(paths: list[str], md: str | None):
+def render(paths: list[str], md: str | None, plot: str | None = None, mark: int | None = None):
     "Merge the headroom.json of several runs (e.g. one per seed, run in parallel) into one table"
     rows, seen = [], set()
     for p in paths:
         for r in json.loads(Path(p).read_text()):
-            key = (r.get('world'), r.get('split'), r['method'], r.get('seed'))
+            key = (r.get('world'), r.get('split'), r['method'], r.get('seed'), r.get('iterations'))
             if key not in seen: seen.add(key); rows.append(r)
     order = {m: i for i, m in enumerate(['supervised', 'unimatch', 'semivl', 'oracle'])}
     worlds = list(dict.fromkeys(r.get('world') for r in rows))   # the worlds in the order they were given
     split_key = lambda s: (s == 'all', int(s) if str(s).isdigit() else 0, str(s))
     rows.sort(key=lambda r: (worlds.index(r.get('world')), 'seed' in r, split_key(r.get('split', '')),
-                             order.get(r['method'], 9), r.get('seed', -1)))
+                             order.get(r['method'], 9), r.get('iterations', 0), r.get('seed', -1)))
     text = markdown(rows, 'python benchmarks/toy_headroom.py --render ' + ' '.join(paths))
     print(text)
     if md: Path(md).write_text(text + '\n')
+    if plot: plot_schedule(rows, plot, mark)
+
+
+def plot_schedule(rows: list[dict], path: str, mark: int | None = None):
+    "val mIoU against training iterations, one line per world, split and method (mean over seeds, std as error bars)"
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    lines = {}
+    for r in rows:
+        if 'iterations' in r: lines.setdefault((r['world'], r['split'], r['method']), {}).setdefault(r['iterations'], []).append(r['miou'])
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for (world, split, method), pts in lines.items():
+        its = sorted(pts)
+        label = ('all labels (oracle)' if method == 'oracle' else f'{method}, {split} labels') + ('' if world == 'default' else f' ({world})')
+        ax.errorbar(its, [np.mean(pts[i]) for i in its], [np.std(pts[i]) for i in its], marker='o', capsize=3, label=label)
+    if mark: ax.axvline(mark, ls='--', c='grey', lw=1, label=f'{mark} iterations')
+    ax.set_xlabel('training iterations (batch 4)'); ax.set_ylabel('val mIoU'); ax.grid(alpha=.3); ax.legend(fontsize=8)
+    fig.tight_layout(); fig.savefig(path, dpi=120)
+    print('wrote', path)
 
 if __name__ == '__main__':
     main()
