@@ -47,7 +47,7 @@ def oracle_world(root: Path, out: Path, split: str) -> Path:
 
 
 def confusion_stats(mat: torch.Tensor) -> dict:
-    "mIoU, colour-merged mIoU, texture accuracy within colour-correct object pixels (all in %)"
+    "mIoU, colour-merged mIoU, texture accuracy within colour-correct object pixels, per-class IoU (all in %)"
     mat = mat.double()
     iou = mat.diag() / (mat.sum(0) + mat.sum(1) - mat.diag())
     g = torch.tensor([colour_of(c) for c in range(mat.shape[0])])
@@ -55,7 +55,8 @@ def confusion_stats(mat: torch.Tensor) -> dict:
     ciou = merged.diag() / (merged.sum(0) + merged.sum(1) - merged.diag())
     same = (g[:, None] == g[None]) & (g[:, None] > 0)
     return dict(miou=100 * iou.mean().item(), colour_miou=100 * ciou.mean().item(),
-                texture_acc=100 * (mat.diag().sum() - mat[0, 0]).item() / mat[same].sum().item())
+                texture_acc=100 * (mat.diag().sum() - mat[0, 0]).item() / mat[same].sum().item(),
+                iou=[round(100 * v, 1) for v in iou.tolist()])
 
 
 def tiles(root: Path, split: str, n: int = 200, size: int = 64):
@@ -110,11 +111,9 @@ def run(method: str, seed: int, a, root: Path, world_all: Path, clip, text, vx, 
         cm.update(predict(model, b['img'], b['mask'].shape[-2:], tcfg.eval_mode, tcfg.eval_crop, tcfg.eval_stride).argmax(1), b['mask'])
     with torch.no_grad(): p = torch.cat([model(vx[i:i + 64]) for i in range(0, len(vx), 64)]).softmax(1)
     conf, lab = p.max(1)
-    mat = cm.mat.double()
     return dict(world=world_label(root), split='all' if method == 'oracle' else a.split,
                 method=method, seed=seed, iterations=res['iteration'], train_seconds=round(seconds),
-                **confusion_stats(cm.mat), **kept_pixels(lab, conf >= 0.95, vy),
-                iou=[round(100 * v, 1) for v in (mat.diag() / (mat.sum(0) + mat.sum(1) - mat.diag())).tolist()])  # per class, in the JSON
+                **confusion_stats(cm.mat), **kept_pixels(lab, conf >= 0.95, vy))
 
 
 def main():
@@ -191,7 +190,7 @@ def render(paths: list[str], md: str | None, plot: str | None = None, mark: int 
 
 
 def plot_schedule(rows: list[dict], path: str, mark: int | None = None):
-    "val mIoU against training iterations, one line per world, split and method (mean over seeds, std as error bars)"
+    "val mIoU against training iterations, one line per world, split and method (mean over seeds, sample std as error bars)"
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     lines = {}
@@ -201,7 +200,7 @@ def plot_schedule(rows: list[dict], path: str, mark: int | None = None):
     for (world, split, method), pts in lines.items():
         its = sorted(pts)
         label = ('all labels (oracle)' if method == 'oracle' else f'{method}, {split} labels') + ('' if world == 'default' else f' ({world})')
-        ax.errorbar(its, [np.mean(pts[i]) for i in its], [np.std(pts[i]) for i in its], marker='o', capsize=3, label=label)
+        ax.errorbar(its, [np.mean(pts[i]) for i in its], [np.std(pts[i], ddof=1) if len(pts[i]) > 1 else 0. for i in its], marker='o', capsize=3, label=label)
     if mark: ax.axvline(mark, ls='--', c='grey', lw=1, label=f'the toy preset ({mark} iterations)')
     ax.set_xlabel('training iterations (batch 4)'); ax.set_ylabel('val mIoU'); ax.grid(alpha=.3); ax.legend(fontsize=8)
     fig.tight_layout(); fig.savefig(path, dpi=120)

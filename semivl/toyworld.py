@@ -243,7 +243,7 @@ def write_toyworld(root: str | Path,         # folder to create (must not exist 
     meta = dict(name='toyworld', version=VERSION, classes=list(CLASSES), definitions=class_definitions(),
                 prompts=[caption([i] if i else []) for i in range(len(CLASSES))],  # the corpus's own sentences
                 palette=class_palette(), ignore_index=IGNORE_INDEX)
-    if world.changes(): meta['world'] = world.changes()   # only a variant says so: the default world's bytes stay v3's
+    if knobs := world.changes(): meta['world'] = knobs   # only a variant says so: the default world's bytes stay v3's
     (root/'classes.json').write_text(json.dumps(meta, indent=1))  # written last: marks a complete world
     return root
 
@@ -255,9 +255,10 @@ def ensure_toyworld(root: str | Path | None = None, # None: the default cache fo
     "Folder of a complete toy world, generating it (atomically) if absent"
     root = Path(root).expanduser() if root is not None else cache_dir('toyworld', f'v{VERSION}')
     if (root/'classes.json').exists():
+        if 'world' not in kwargs: return root
         have = json.loads((root/'classes.json').read_text()).get('world', {})
-        want = json.loads(json.dumps(kwargs.get('world', WorldCfg()).changes()))   # as JSON stores it (tuples: lists)
-        if 'world' in kwargs and have != want:
+        want = json.loads(json.dumps(kwargs['world'].changes()))   # as JSON stores it (tuples: lists)
+        if have != want:
             raise ValueError(f'{root} holds a toy world with knobs {have or "(the defaults)"}, not {want or "the defaults"}: '
                              'write the variant into its own folder')
         return root
