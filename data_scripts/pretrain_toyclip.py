@@ -2,6 +2,8 @@
 
     python data_scripts/pretrain_toyclip.py --out runs/toyclip            # defaults (~40 min on one CPU thread)
     python data_scripts/pretrain_toyclip.py --out /tmp/t --steps 40 --n-scenes 500   # a smoke run
+    python data_scripts/pretrain_toyclip.py --out runs/toyclip_light --illumination .25 --data-root ~/worlds/light
+                                           # a variant world's CLIP, evaluated on that world (make_toyworld.py)
 
 Re-running with the same --out resumes from its checkpoint.pt. At the end the folder holds an open_clip
 `local-dir` model (open_clip_config.json + open_clip_model.safetensors), vocab.json, train_log.csv and metrics.json;
@@ -13,15 +15,19 @@ from pathlib import Path
 
 from semivl.toyclip import create_toy_clip, load_toy_clip
 from semivl.toyclip_pretrain import TrainToyClipCfg, dense_zero_shot_eval, pretrain_toy_clip, supervised_baseline
-from semivl.toyworld import ensure_toyworld
+from semivl.toyworld import WorldCfg, ensure_toyworld
 
 
-def evaluate(out, baseline_steps=300):
+def evaluate(out, baseline_steps=300, data_root=None):
     "Add dense zero-shot mIoU (both read-outs) and the 20-label baselines to out/metrics.json"
     out = Path(out)
     metrics = json.loads((out/'metrics.json').read_text())
     model, tok = load_toy_clip(out)
-    root = ensure_toyworld()
+    world = WorldCfg(**metrics['cfg'].get('world') or {})
+    if data_root is None and world.changes():
+        raise SystemExit(f"this CLIP was pretrained on a variant world {world.changes()}: give --data-root, that world's "
+                         "folder (data_scripts/make_toyworld.py with the same knobs)")
+    root = ensure_toyworld(data_root, create=data_root is None, world=world)   # refuses a world with other knobs
     metrics['dense_zero_shot'] = dense_zero_shot_eval(model, tok, root)
     metrics['dense_zero_shot_mlp'] = dense_zero_shot_eval(model, tok, root, mlp=True)
     metrics['dense_zero_shot_norm'] = dense_zero_shot_eval(model, tok, root, background='norm')
@@ -36,14 +42,16 @@ def evaluate(out, baseline_steps=300):
 
 
 def main(args):
-    if args.eval_only: return evaluate(args.out, args.baseline_steps)
+    if args.eval_only: return evaluate(args.out, args.baseline_steps, args.data_root)
+    world = WorldCfg.from_args(args).changes()
     cfg = TrainToyClipCfg().update(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                    weight_decay=args.weight_decay, warmup=args.warmup, n_scenes=args.n_scenes,
                                    seed=args.seed, wide_crops=args.wide_crops, scene_zoom=tuple(args.scene_zoom), text_sep=args.text_sep, eval_every=args.eval_every, ckpt_every=args.ckpt_every,
-                                   n_eval_scenes=args.n_eval_scenes, threads=args.threads, max_minutes=args.max_minutes)
+                                   n_eval_scenes=args.n_eval_scenes, threads=args.threads, max_minutes=args.max_minutes,
+                                   world=json.loads(json.dumps(world)) or None)   # JSON's lists: compares equal on resume
     metrics = pretrain_toy_clip(cfg, args.out, progress=not args.no_progress)
     print(json.dumps(metrics['zero_shot'], indent=1))
-    if not args.skip_eval: metrics = evaluate(args.out, args.baseline_steps)
+    if not args.skip_eval: metrics = evaluate(args.out, args.baseline_steps, args.data_root)
     return metrics
 
 
@@ -71,6 +79,10 @@ def get_args_parser(add_help=True):
     p.add_argument('--skip-eval', action='store_true', help='skip the dense zero-shot and baseline evaluation')
     p.add_argument('--eval-only', action='store_true', help='only (re)run the evaluation of a finished --out folder')
     p.add_argument('--baseline-steps', type=int, default=300, help='training steps of the 20-label baselines')
+    p.add_argument('--data-root', default=None,
+                   help='the toy world the dense read-out and the baselines are measured on (default: the cached default '
+                        'world; a variant CLIP needs its own world, written by make_toyworld.py with the same knobs)')
+    WorldCfg.add_args(p)   # the corpus's scene statistics (defaults: the shipped CLIP's world)
     return p
 
 

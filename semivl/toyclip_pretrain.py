@@ -17,7 +17,7 @@ from .core import Cfg, progress_bar, seed_everything
 from .toyclip import (WordTokenizer, class_text_features, create_toy_clip, fit_background_bias,
                             fit_background_threshold, save_toy_clip, to_clip_input, toy_clip_config, toy_dense_logits,
                             toy_dense_maps, toy_vocab)
-from .toyworld import CLASSES, CLIP_SIZE, caption, make_caption_corpus, render_scene
+from .toyworld import CLASSES, CLIP_SIZE, WorldCfg, caption, make_caption_corpus, render_scene
 
 # %% auto #0
 __all__ = ['multi_positive_clip_loss', 'prompt_separation_loss', 'sample_batch', 'heldout_crops', 'zero_shot_eval',
@@ -116,11 +116,13 @@ def sample_batch(corpus: dict, crops: np.ndarray, batch_size: int, rng: np.rando
     return to_clip_input(x), caps, torch.tensor(keys)
 
 # %% ../nbs/02_toyclip_pretrain.ipynb #9a36aecf
-def heldout_crops(n_scenes: int = 400, seed: int = 999) -> tuple[torch.Tensor, np.ndarray]:
+def heldout_crops(n_scenes: int = 400, seed: int = 999,
+                  world: WorldCfg = WorldCfg(), # the scene statistics (a variant world's CLIP is tested on its own world)
+                  ) -> tuple[torch.Tensor, np.ndarray]:
     "Deterministic held-out object crops (CLIP-normalised) showing one class only, and their class ids"
     imgs, masks, objs = [], [], []
     for i in range(n_scenes):
-        img, mask, o = render_scene(np.random.default_rng([seed, 4, i]), size=CLIP_SIZE)
+        img, mask, o = render_scene(np.random.default_rng([seed, 4, i]), size=CLIP_SIZE, world=world)
         imgs.append(img); masks.append(mask); objs.append(o)
     rows = _crop_table(objs)
     sides = np.clip(2.4 * rows[:, 3], 24, CLIP_SIZE).astype(np.float32)
@@ -167,6 +169,10 @@ class TrainToyClipCfg(Cfg):
     text_sep: float = 1.       # weight of the class-prompt separation term (see `prompt_separation_loss`)
     scene_zoom: tuple[float, float] = (1., 1.)  # scene half of each batch: whole scenes, or windows magnified by U(range)
     max_minutes: float | None = None  # time budget: the cosine follows steps or time, whichever runs out first
+    world: dict | None = None  # `WorldCfg` knobs of the corpus and held-out scenes (None: this VERSION's world)
+
+    @property
+    def world_cfg(self) -> WorldCfg: return WorldCfg(**(self.world or {}))
 
 def _progress(step: int, seconds: float, cfg: TrainToyClipCfg) -> float:
     "Fraction of the run done: by steps, or by wall time when `max_minutes` runs out first"
@@ -208,7 +214,8 @@ def _pretrain_metrics(model, tok, cfg: TrainToyClipCfg, log: list[dict], step: i
     return dict(steps=log[-1]['step'] if log else step, minutes=log[-1]['minutes'] if log else 0.,
                 n_params=sum(p.numel() for p in model.parameters()), cfg=cfg.to_dict(),
                 zero_shot={k: m[k] for k in ('acc', 'colour_acc', 'texture_acc', 'n')},
-                zero_shot_confusion=m['confusion'], heldout=dict(n_scenes=cfg.n_eval_scenes, seed=999))
+                zero_shot_confusion=m['confusion'], heldout=dict(n_scenes=cfg.n_eval_scenes, seed=999,
+                                                                 **({'world': cfg.world} if cfg.world else {})))
 
 def pretrain_toy_clip(cfg: TrainToyClipCfg, out_dir: str | Path, progress: bool = True) -> dict:
     "Pretrain (or resume) the tiny CLIP into `out_dir`; returns the final metrics"
@@ -216,9 +223,9 @@ def pretrain_toy_clip(cfg: TrainToyClipCfg, out_dir: str | Path, progress: bool 
     torch.set_num_threads(cfg.threads); seed_everything(cfg.seed)
     ckpt = out/'checkpoint.pt'
     tok, model, opt, step, log, elapsed = _pretraining_state(cfg, ckpt)
-    corpus = make_caption_corpus(cfg.n_scenes, seed=cfg.seed + 1, progress=progress)
+    corpus = make_caption_corpus(cfg.n_scenes, seed=cfg.seed + 1, progress=progress, world=cfg.world_cfg)
     crops = _crop_table(corpus['objects'])
-    ev_x, ev_y = heldout_crops(cfg.n_eval_scenes)
+    ev_x, ev_y = heldout_crops(cfg.n_eval_scenes, world=cfg.world_cfg)
     t0, losses = time.time() - elapsed, []
     bar = progress_bar(range(step, cfg.steps), initial=step, total=cfg.steps, desc='pretrain tiny CLIP', disable=not progress)
     for step in bar:

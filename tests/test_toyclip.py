@@ -97,3 +97,18 @@ def test_scene_zoom_reaches_the_pretraining_run(tmp_path):
     assert [int(r['step']) for r in log] == [10]
     assert json.loads((tmp_path/'zoom'/'metrics.json').read_text())['cfg']['scene_zoom'] == [2., 2.]
     assert log[0]['loss'] != _run(tmp_path/'whole', 10)[0]['loss']   # seeded runs: only the windows can change it
+
+
+@pytest.mark.slow
+def test_world_knobs_reach_the_pretraining_run(tmp_path):
+    "`--illumination` etc. pretrain on that variant's corpus (recorded), and its evaluation needs that world's folder"
+    out = tmp_path/'light'
+    log = _run(out, 10, '--illumination', '.25')
+    m = json.loads((out/'metrics.json').read_text())
+    assert m['cfg']['world'] == {'illumination': .25} and m['heldout']['world'] == {'illumination': .25}
+    assert log[0]['loss'] != _run(tmp_path/'default', 10)[0]['loss']   # seeded runs: only the scenes can change it
+    assert json.loads((tmp_path/'default'/'metrics.json').read_text())['cfg']['world'] is None
+    env = {**os.environ, 'PYTHONPATH': str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', '')}
+    r = subprocess.run([sys.executable, str(REPO/'data_scripts/pretrain_toyclip.py'), '--out', str(out), '--eval-only'],
+                       env=env, cwd=REPO, capture_output=True, text=True)
+    assert r.returncode != 0 and '--data-root' in r.stderr, r.stderr[-500:]
