@@ -90,24 +90,31 @@ def test_short_pretraining_lowers_loss_and_resumes(tmp_path):
     assert model.encode_text(tok(['a photo of a striped red.'])).shape == (1, 128)
 
 
+@pytest.fixture(scope='module')
+def default_run(tmp_path_factory):
+    "A 10-step pretraining run with the default settings: the baseline the options below must change"
+    out = tmp_path_factory.mktemp('default')
+    return out, _run(out, 10)
+
+
 @pytest.mark.slow
-def test_scene_zoom_reaches_the_pretraining_run(tmp_path):
+def test_scene_zoom_reaches_the_pretraining_run(tmp_path, default_run):
     "`--scene-zoom LO HI` is a setting of the run: recorded in metrics.json, and its batches (so its loss) differ"
     log = _run(tmp_path/'zoom', 10, '--scene-zoom', '2', '2')
     assert [int(r['step']) for r in log] == [10]
     assert json.loads((tmp_path/'zoom'/'metrics.json').read_text())['cfg']['scene_zoom'] == [2., 2.]
-    assert log[0]['loss'] != _run(tmp_path/'whole', 10)[0]['loss']   # seeded runs: only the windows can change it
+    assert log[0]['loss'] != default_run[1][0]['loss']   # seeded runs: only the windows can change it
 
 
 @pytest.mark.slow
-def test_world_knobs_reach_the_pretraining_run(tmp_path):
+def test_world_knobs_reach_the_pretraining_run(tmp_path, default_run):
     "`--illumination` etc. pretrain on that variant's corpus (recorded), and its evaluation needs that world's folder"
     out = tmp_path/'light'
     log = _run(out, 10, '--illumination', '.25')
     m = json.loads((out/'metrics.json').read_text())
     assert m['cfg']['world'] == {'illumination': .25} and m['heldout']['world'] == {'illumination': .25}
-    assert log[0]['loss'] != _run(tmp_path/'default', 10)[0]['loss']   # seeded runs: only the scenes can change it
-    assert json.loads((tmp_path/'default'/'metrics.json').read_text())['cfg']['world'] is None
+    assert log[0]['loss'] != default_run[1][0]['loss']   # seeded runs: only the scenes can change it
+    assert json.loads((default_run[0]/'metrics.json').read_text())['cfg']['world'] is None
     env = {**os.environ, 'PYTHONPATH': str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', '')}
     r = subprocess.run([sys.executable, str(REPO/'data_scripts/pretrain_toyclip.py'), '--out', str(out), '--eval-only'],
                        env=env, cwd=REPO, capture_output=True, text=True)
