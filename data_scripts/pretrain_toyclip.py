@@ -43,12 +43,12 @@ def evaluate(out, baseline_steps=300, data_root=None):
 
 def main(args):
     if args.eval_only: return evaluate(args.out, args.baseline_steps, args.data_root)
-    world = WorldCfg.from_args(args).changes()
+    world = WorldCfg.from_args(args).changes()   # only the knobs that differ: the default run records None
     cfg = TrainToyClipCfg().update(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                                    weight_decay=args.weight_decay, warmup=args.warmup, n_scenes=args.n_scenes,
                                    seed=args.seed, wide_crops=args.wide_crops, scene_zoom=tuple(args.scene_zoom), text_sep=args.text_sep, eval_every=args.eval_every, ckpt_every=args.ckpt_every,
                                    n_eval_scenes=args.n_eval_scenes, threads=args.threads, max_minutes=args.max_minutes,
-                                   world=json.loads(json.dumps(world)) or None)   # JSON's lists: compares equal on resume
+                                   world=world or None)
     metrics = pretrain_toy_clip(cfg, args.out, progress=not args.no_progress)
     print(json.dumps(metrics['zero_shot'], indent=1))
     if not args.skip_eval: metrics = evaluate(args.out, args.baseline_steps, args.data_root)

@@ -214,8 +214,7 @@ def _pretrain_metrics(model, tok, cfg: TrainToyClipCfg, log: list[dict], step: i
     return dict(steps=log[-1]['step'] if log else step, minutes=log[-1]['minutes'] if log else 0.,
                 n_params=sum(p.numel() for p in model.parameters()), cfg=cfg.to_dict(),
                 zero_shot={k: m[k] for k in ('acc', 'colour_acc', 'texture_acc', 'n')},
-                zero_shot_confusion=m['confusion'], heldout=dict(n_scenes=cfg.n_eval_scenes, seed=999,
-                                                                 **({'world': cfg.world} if cfg.world else {})))
+                zero_shot_confusion=m['confusion'], heldout=dict(n_scenes=cfg.n_eval_scenes, seed=999, world=cfg.world))
 
 def pretrain_toy_clip(cfg: TrainToyClipCfg, out_dir: str | Path, progress: bool = True) -> dict:
     "Pretrain (or resume) the tiny CLIP into `out_dir`; returns the final metrics"

@@ -69,12 +69,16 @@ def test_reproduces_recorded_dense_miou(shipped, metrics, tmp_path):
     assert m['bg_bias'] == pytest.approx(rec['bg_bias'], abs=1e-6)
 
 
-def _run(out, steps, *extra):
-    cmd = [sys.executable, str(REPO/'data_scripts/pretrain_toyclip.py'), '--out', str(out), '--steps', str(steps),
-           '--batch-size', '48', '--n-scenes', '200', '--warmup', '5', '--eval-every', '10', '--ckpt-every', '10',
-           '--n-eval-scenes', '20', '--threads', '1', '--no-progress', '--skip-eval', *extra]
+def _script(*args, check=True):
+    "Run data_scripts/pretrain_toyclip.py with `args` (the kit importable from the repo)"
     env = {**os.environ, 'PYTHONPATH': str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', '')}
-    subprocess.run(cmd, check=True, env=env, cwd=REPO, capture_output=True)
+    return subprocess.run([sys.executable, str(REPO/'data_scripts/pretrain_toyclip.py'), *map(str, args)],
+                          check=check, env=env, cwd=REPO, capture_output=True, text=True)
+
+
+def _run(out, steps, *extra):
+    _script('--out', out, '--steps', steps, '--batch-size', 48, '--n-scenes', 200, '--warmup', 5, '--eval-every', 10,
+            '--ckpt-every', 10, '--n-eval-scenes', 20, '--threads', 1, '--no-progress', '--skip-eval', *extra)
     with open(out/'train_log.csv') as fh: return list(csv.DictReader(fh))
 
 
@@ -115,7 +119,5 @@ def test_world_knobs_reach_the_pretraining_run(tmp_path, default_run):
     assert m['cfg']['world'] == {'illumination': .25} and m['heldout']['world'] == {'illumination': .25}
     assert log[0]['loss'] != default_run[1][0]['loss']   # seeded runs: only the scenes can change it
     assert json.loads((default_run[0]/'metrics.json').read_text())['cfg']['world'] is None
-    env = {**os.environ, 'PYTHONPATH': str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', '')}
-    r = subprocess.run([sys.executable, str(REPO/'data_scripts/pretrain_toyclip.py'), '--out', str(out), '--eval-only'],
-                       env=env, cwd=REPO, capture_output=True, text=True)
+    r = _script('--out', out, '--eval-only', check=False)
     assert r.returncode != 0 and '--data-root' in r.stderr, r.stderr[-500:]
