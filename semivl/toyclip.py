@@ -161,11 +161,21 @@ def fit_background_bias(cos: torch.Tensor,   # (N, K, H, W) cosines from `toy_de
                         ) -> float:
     "Bias added to the background cosine that maximises mIoU on the labeled pixels"
     from semivl.evaluate import ConfusionMatrix
-    y = torch.as_tensor(np.asarray(masks)).long()
+    y, n = torch.as_tensor(np.asarray(masks)).long(), cos.shape[1]
+    # the best other class is the same for every offset: find it once, then each offset is one comparison
+    # (the same labels as argmax over the offset cosines, ties included: argmax keeps the lower index)
+    others = cos.clone(); others[:, bg_index] = -torch.inf
+    top, top_idx = others.max(1)
+    y = y.reshape(top.shape)              # (masks may come flattened: ConfusionMatrix only needs the same pixel count)
+    keep = (y >= 0) & (y < n)             # the pixels ConfusionMatrix counts
+    y, top, top_idx, bg = y[keep], top[keep], top_idx[keep], cos[:, bg_index][keep]
     best, best_b = -1., 0.
     for b in biases:
-        c = cos.clone(); c[:, bg_index] += b
-        r = ConfusionMatrix(cos.shape[1]).update(c.argmax(1), y).compute()['miou']
+        shifted = bg + b
+        wins = (shifted > top) | ((shifted == top) & (top_idx > bg_index))
+        cm = ConfusionMatrix(n)
+        cm.mat += torch.bincount(n * y + torch.where(wins, bg_index, top_idx), minlength=n * n).reshape(n, n)
+        r = cm.compute()['miou']
         if r > best: best, best_b = r, float(b)
     return best_b
 
