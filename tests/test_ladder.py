@@ -1,4 +1,4 @@
-"""`python -m semivl.sweep --ladder` on one seed, 3 iterations per rung, with one extra setting on every rung: every
+"""`python -m semivl.sweep --ladder --jobs 2` on one seed, 3 iterations per rung, with one extra setting on every rung: every
 rung's config builds, trains and is evaluated through nbs/train.ipynb, the run records the rung's settings and the
 extra one, and the ladder's CSV, markdown and chart appear."""
 import csv
@@ -20,7 +20,7 @@ def ladder(tmp_path_factory):
     out = tmp_path_factory.mktemp('ladder')
     cmd = [sys.executable, '-m', 'semivl.sweep', '--ladder', '--splits', '20', '--seeds', '0', '--out', str(out),
            '-p', 'iters', '3', '-p', 'batch_size', '2', '-p', 'val_limit', '4', '-p', 'snapshots', '1', '-p', 'threads', '1',
-           '--options', '{"fp_rate": 0.4}']   # an idea tried on every rung
+           '--jobs', '2', '--options', '{"fp_rate": 0.4}']   # an idea tried on every rung
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     return out
