@@ -18,11 +18,13 @@ SNAPSHOTS = dict(supervised=1, unimatch=1, semivl=2)   # semivl in two chunks: e
 
 def _refusal(name: str, **params) -> Exception:
     "Run `nbs/<name>.ipynb`'s code cells here, `params` set after the parameters cell as papermill does; the error it stops with"
-    cells = [c.source for c in nbformat.read(NBS/f'{name}.ipynb', as_version=4).cells if c.cell_type == 'code']
+    cells = [c for c in nbformat.read(NBS/f'{name}.ipynb', as_version=4).cells if c.cell_type == 'code']
+    at = next(i for i, c in enumerate(cells) if 'parameters' in c.metadata.get('tags', []))
     ns = {}
-    exec(cells[0], ns); ns.update(params)
     with pytest.raises(Exception) as e:
-        for src in cells[1:]: exec(src, ns)
+        for i, c in enumerate(cells):
+            exec(c.source, ns)
+            if i == at: ns.update(params)
     return e.value
 
 

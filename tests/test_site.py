@@ -18,7 +18,6 @@ def _site(*args):
     r = subprocess.run([sys.executable, '-m', 'semivl.site', *args], cwd=REPO, capture_output=True, text=True,
                        env={**os.environ, 'SEMIVL_PROGRESS': 'lines'})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return r
 
 
 @pytest.mark.slow
@@ -36,4 +35,3 @@ def test_site_builds_every_notebook_with_its_figures(tmp_path):
     assert png('ablations') >= 2 and png('12_ladder') >= 2   # the ladder chart and the per-class heatmap
     assert 'src="results/toy_ladder.png"' in (out/'index.html').read_text() and (out/'results'/'toy_ladder.png').is_file()
     assert 'href="10_train.html' in (out/'index.html').read_text() or 'href="13_run.html' in (out/'train.html').read_text()
-
