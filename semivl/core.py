@@ -13,8 +13,8 @@ import torch
 
 # %% auto #0
 __all__ = ['IGNORE_INDEX', 'IMAGENET_MEAN', 'IMAGENET_STD', 'CLIP_MEAN', 'CLIP_STD', 'get_device', 'refused_global',
-           'native_bf16', 'seed_everything', 'cache_dir', 'assets_dir', 'progress_mode', 'LineFile', 'progress_bar',
-           'Cfg', 'color_palette']
+           'native_bf16', 'seed_everything', 'cache_dir', 'assets_dir', 'NotebookScratch', 'progress_mode', 'LineFile',
+           'progress_bar', 'Cfg', 'color_palette']
 
 # %% ../nbs/00_core.ipynb #80a6a117
 IGNORE_INDEX = 255  # label value skipped by losses and metrics
@@ -85,6 +85,25 @@ def cache_dir(*parts: str, # optional sub-folders, created on demand
 def assets_dir() -> Path:
     "Folder of data files shipped inside the package (class lists, the tiny CLIP checkpoint)"
     return Path(__file__).parent/'assets'
+
+# %% ../nbs/00_core.ipynb #82d3b115
+class NotebookScratch:
+    "Send this process's temp folders (and its children's, via TMPDIR) to a fresh folder until `assert_empty`"
+    def __init__(self):
+        import tempfile
+        self._old = tempfile.tempdir, os.environ.get('TMPDIR')
+        self.path = Path(tempfile.mkdtemp(prefix='semivl-scratch-'))
+        tempfile.tempdir, os.environ['TMPDIR'] = str(self.path), str(self.path)
+
+    def assert_empty(self):
+        "Restore the temp folder; fail, naming them, if files or folders were left in the scratch folder"
+        import shutil, tempfile
+        tempfile.tempdir = self._old[0]
+        if self._old[1] is None: os.environ.pop('TMPDIR', None)
+        else: os.environ['TMPDIR'] = self._old[1]
+        left = sorted(p.name for p in self.path.iterdir() if not p.name.startswith('torchinductor_'))  # torch's compile cache
+        shutil.rmtree(self.path)
+        assert not left, f"temporary files left behind: {left}"
 
 # %% ../nbs/00_core.ipynb #3e998b45
 def _parent_cmdline() -> str:

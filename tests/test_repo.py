@@ -61,25 +61,26 @@ def test_browser_test_skips_without_chromium_unless_required():
     assert (ROOT/'.ci'/'run').read_text().count('SEMIVL_REQUIRE_BROWSER=1') == 1
 
 
-def _scratch_notebooks() -> list[str]:
-    "Notebooks whose run cells make temp folders (`#| eval: false` cells are not run by nbdev_test)"
+def _run_cells(nb: Path) -> list[str]:
+    "Sources of the code cells nbdev_test runs (not `#| eval: false`)"
     import json
-    out = []
-    for nb in sorted((ROOT/'nbs').glob('*.ipynb')):
-        cells = json.loads(nb.read_text())['cells']
-        srcs = [''.join(c['source']) for c in cells if c['cell_type'] == 'code']
-        if any('mkdtemp' in s and not re.search(r'^#\|\s*eval:\s*false', s, re.M) for s in srcs): out.append(nb.stem)
-    return out
+    srcs = [''.join(c['source']) for c in json.loads(nb.read_text())['cells'] if c['cell_type'] == 'code']
+    return [s for s in srcs if not re.search(r'^#\|\s*eval:\s*false', s, re.M)]
 
 
-def test_notebook_examples_leave_no_scratch_folders(tmp_path):
-    "nbdev_test of every notebook that makes temp folders leaves TMPDIR empty (it runs on every test, for every user)"
+def _scratch_notebooks() -> list[str]:
+    "Notebooks whose run cells make temp folders"
+    return [nb.stem for nb in sorted((ROOT/'nbs').glob('*.ipynb')) if any('mkdtemp' in s for s in _run_cells(nb))]
+
+
+def test_notebooks_that_make_temp_folders_fail_if_they_leave_any():
+    """nbdev_test (every test run, every user) fails a notebook that leaves temp folders behind: each notebook that makes
+    them opens a `NotebookScratch` before its first one and asserts it empty in its last cell (00_core shows it failing)"""
     names = _scratch_notebooks()
     assert len(names) >= 5, names    # the scan finds the notebooks it is meant to check
-    scratch = tmp_path/'tmp'; scratch.mkdir()
-    exe = Path(sys.executable).with_name('nbdev_test')
-    pattern = '(' + '|'.join(re.escape(n) for n in names) + r')\.ipynb'
-    subprocess.run([str(exe), '--n_workers', '2', '--file_re', pattern], cwd=ROOT, check=True,
-                   env=os.environ | {'TMPDIR': str(scratch)})
-    left = [p.name for p in scratch.iterdir() if not p.name.startswith('torchinductor_')]   # torch's own compile cache
-    assert left == [], f"left behind by {names}"
+    for name in names:
+        cells = _run_cells(ROOT/'nbs'/f'{name}.ipynb')
+        first = next(i for i, s in enumerate(cells) if 'mkdtemp' in s)
+        opened = [m.group(1) for s in cells[:first] for m in re.finditer(r'^(\w+) = NotebookScratch\(\)', s, re.M)]
+        assert len(opened) == 1, f"{name}: no `x = NotebookScratch()` cell before its first mkdtemp"
+        assert re.search(rf'^{opened[0]}\.assert_empty\(\)', cells[-1], re.M), f"{name}: last cell must assert it empty"
