@@ -18,7 +18,7 @@ from .data import (ALIASES, DATASETS, DataError, DatasetInfo, SemiDataset, build
                    first_n, semi_datasets, split_fingerprint)
 from .evaluate import evaluate
 from .preflight import validate
-from .segmentor import ModelCfg, SemiVLSegmentor, fit_guidance_bg_bias
+from .segmentor import ModelCfg, SemiVLSegmentor, fit_guidance_bg_bias, fit_guidance_class_offsets
 from .text import dataset_text
 from .train import schedule_length, train
 from .train_config import METHODS, TrainCfg
@@ -199,26 +199,36 @@ def needs_guidance_calibration(spec: DataSpec, tiny_clip: bool) -> bool:
     return tiny_clip and spec.classes['classes'][0].lower() == 'background'
 
 def calibrate_guidance(model, spec: DataSpec, split: str, # the segmentor; its dataset and labeled split
-                      ) -> float:
-    "Fit the MaskCLIP background offset on the labeled images of `split` (read with the checked loader); returns it"
+                       per_class: bool = False,  # fit every class's offset (`fit_guidance_class_offsets`), not only the background's
+                      ) -> float | torch.Tensor:
+    "Fit the MaskCLIP background offset (or every class's) on the labeled images of `split` (read with the checked loader); returns it"
     ds = SemiDataset(spec.root, 'val', spec.root/'splits'/str(split)/'labeled.txt', info=spec.info)
     dev = model.guidance_bias.device
     samples = [ds[i] for i in range(len(ds))]   # by index: the dataset wraps indices, so `for s in ds` never ends
     imgs, masks = zip(*[(s['img'].to(dev), s['mask']) for s in samples])
-    if len({tuple(m.shape) for m in masks}) > 1: return fit_guidance_bg_bias(model, list(imgs), list(masks))
-    return fit_guidance_bg_bias(model, torch.stack(imgs), torch.stack(masks))
+    fit = fit_guidance_class_offsets if per_class else fit_guidance_bg_bias
+    if len({tuple(m.shape) for m in masks}) > 1: return fit(model, list(imgs), list(masks))
+    return fit(model, torch.stack(imgs), torch.stack(masks))
 
 def build_run_model(spec: DataSpec, tcfg: TrainCfg, mcfg: ModelCfg,
                     clip_weights=None, clip_model: str = 'ViT-B-16', # local CLIP weights (None: the shipped tiny CLIP)
                     split: str | None = None,   # labeled split to calibrate the tiny CLIP's guidance on
                     device='cpu') -> SemiVLSegmentor:
     "The run's segmentor on `device`, checked against the dataset, its guidance calibrated where needed"
+    calibrate = split is not None and needs_guidance_calibration(spec, is_tiny_clip(clip_weights))
+    if tcfg.guidance_offsets == 'per_class' and not calibrate:   # before any work
+        raise ValueError("guidance_offsets='per_class' is fitted where the kit calibrates the guidance: a tiny-CLIP run on "
+                         "data whose class 0 is the background (real CLIP weights keep the official zero offsets)")
     clip, tokenizer = run_clip(clip_weights, clip_model)   # prints the weights and activation it used
     text = dataset_text(spec.text_source, clip, tokenizer, guidance_mode=mcfg.guidance_text)
     validate(tcfg, model_cfg=mcfg, info=spec.info, text=text)   # class counts of dataset and text agree
     seed_everything(tcfg.seed)
     model = SemiVLSegmentor(mcfg, clip, **text).to(device)
-    if split is not None and needs_guidance_calibration(spec, is_tiny_clip(clip_weights)):
+    if calibrate and tcfg.guidance_offsets == 'per_class':
+        off = calibrate_guidance(model, spec, split, per_class=True)
+        print(f"MaskCLIP offsets, calibrated per class on the labeled images of split {split}: " +
+              ', '.join(f'{n} {v:+.3f}' for n, v in zip(spec.classes['classes'], off.tolist())))
+    elif calibrate:
         bias = calibrate_guidance(model, spec, split)
         print(f"MaskCLIP background offset {bias:+.3f}, calibrated on the labeled images of split {split}")
     return model

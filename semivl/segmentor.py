@@ -20,7 +20,7 @@ from .text import maskclip_scores
 
 # %% auto #0
 __all__ = ['HEADS', 'INITS', 'ModelCfg', 'labels_from_logits', 'SemiVLSegmentor', 'random_init_visual', 'fit_guidance_bg_bias',
-           'official_state_dict', 'load_official_checkpoint']
+           'fit_guidance_class_offsets', 'official_state_dict', 'load_official_checkpoint']
 
 # %% ../nbs/07_segmentor.ipynb #119604c6
 HEADS = ('vlg', 'dlv3p')   # SemiVL's decoder; the ladder's DeepLabV3+
@@ -218,6 +218,20 @@ def random_init_visual(visual: nn.Module, # an open_clip image tower, re-drawn i
 
 # %% ../nbs/07_segmentor.ipynb #3b6fc928
 @torch.no_grad()
+def _labeled_guidance_cosines(model: SemiVLSegmentor, images, masks, batch_size: int = 64):
+    "Uncalibrated MaskCLIP cosines at label resolution and the labels, as `semivl.toyclip`'s fits take them"
+    model.guidance_bias.zero_()
+    up = lambda l, m: F.interpolate(l, size=m.shape[-2:], mode='bilinear', align_corners=False)
+    dev = model.guidance_bias.device
+    if torch.is_tensor(images):
+        cos = torch.cat([up(model.maskclip_logits(images[i:i + batch_size].to(dev)), masks).cpu()
+                         for i in range(0, len(images), batch_size)])
+        return cos, masks.cpu()
+    # images of different sizes: every labeled pixel in one (1, K, 1, pixels) row
+    cos = torch.cat([up(model.maskclip_logits(x[None].to(dev)), m).flatten(2).cpu() for x, m in zip(images, masks)], 2)
+    return cos[:, :, None], torch.cat([m.flatten() for m in masks])[None, None].cpu()
+
+@torch.no_grad()
 def fit_guidance_bg_bias(model: SemiVLSegmentor,
                          images: torch.Tensor | list, # (B, 3, H, W) ImageNet-normalised labeled images, or a list of (3, H, W)
                          masks: torch.Tensor | list,  # (B, H, W) their labels (class 0 = background, 255 ignored), or a list
@@ -226,18 +240,21 @@ def fit_guidance_bg_bias(model: SemiVLSegmentor,
                         ) -> float:
     "Set `model.guidance_bias[0]` to the offset maximising the MaskCLIP mIoU on labeled images; returns it"
     from semivl.toyclip import fit_background_bias
-    model.guidance_bias.zero_()
-    up = lambda l, m: F.interpolate(l, size=m.shape[-2:], mode='bilinear', align_corners=False)
-    dev = model.guidance_bias.device
-    if torch.is_tensor(images):
-        cos = torch.cat([up(model.maskclip_logits(images[i:i + batch_size].to(dev)), masks).cpu()
-                         for i in range(0, len(images), batch_size)])
-        b = fit_background_bias(cos, masks.cpu(), biases=biases)
-    else:  # images of different sizes: every labeled pixel in one (1, K, 1, pixels) row
-        cos = torch.cat([up(model.maskclip_logits(x[None].to(dev)), m).flatten(2).cpu() for x, m in zip(images, masks)], 2)
-        b = fit_background_bias(cos[:, :, None], torch.cat([m.flatten() for m in masks])[None, None].cpu(), biases=biases)
+    b = fit_background_bias(*_labeled_guidance_cosines(model, images, masks, batch_size), biases=biases)
     model.guidance_bias[0] = b
     return b
+
+@torch.no_grad()
+def fit_guidance_class_offsets(model: SemiVLSegmentor,
+                               images: torch.Tensor | list, # as for `fit_guidance_bg_bias`
+                               masks: torch.Tensor | list,
+                               batch_size: int = 64,
+                              ) -> torch.Tensor:
+    "Set every class's `model.guidance_bias` to maximise the MaskCLIP mIoU on labeled images (`fit_class_offsets`); returns them"
+    from semivl.toyclip import fit_class_offsets
+    off = fit_class_offsets(*_labeled_guidance_cosines(model, images, masks, batch_size))
+    model.guidance_bias.copy_(off)
+    return off
 
 # %% ../nbs/07_segmentor.ipynb #2b0ff8bb
 def _official_backbone_part(vit: ClipBackbone, prefix: str) -> dict:

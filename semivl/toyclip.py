@@ -20,7 +20,7 @@ from .toyworld import COLOURS, CLIP_SIZE, TEXTURES
 # %% auto #0
 __all__ = ['toy_vocab', 'WordTokenizer', 'toy_clip_config', 'create_toy_clip', 'to_clip_input', 'class_text_features',
            'save_toy_clip', 'toy_clip_dir', 'load_toy_clip', 'toy_dense_encoder', 'toy_dense_maps',
-           'fit_background_threshold', 'fit_background_bias', 'toy_dense_logits']
+           'fit_background_threshold', 'fit_background_bias', 'fit_class_offsets', 'toy_dense_logits']
 
 # %% ../nbs/02_toyclip.ipynb #996011cc
 def toy_vocab() -> list[str]:
@@ -154,30 +154,57 @@ def fit_background_threshold(norms: torch.Tensor,  # (N, H, W) token norms from 
     return best_t
 
 # %% ../nbs/02_toyclip.ipynb #b3b56b9f
+def _labeled_pixels(cos: torch.Tensor, masks) -> tuple[torch.Tensor, torch.Tensor]:
+    "(P, K) cosines and (P,) labels of the pixels ConfusionMatrix counts (labels in [0, K))"
+    y, n = torch.as_tensor(np.asarray(masks)).long(), cos.shape[1]
+    y = y.reshape(cos.shape[0], *cos.shape[2:])   # (masks may come flattened: only the pixel count must agree)
+    keep = (y >= 0) & (y < n)
+    return cos.movedim(1, -1)[keep], y[keep]
+
+def _best_offset(c: torch.Tensor, y: torch.Tensor, # (P, K) cosines and (P,) labels (`_labeled_pixels`)
+                 k: int, offsets: torch.Tensor,     # the class to move, and every class's current offset
+                 candidates: torch.Tensor) -> float:
+    "The first of `candidates` (offsets of class k) whose argmax over `c + offsets` has the best mIoU"
+    from semivl.evaluate import ConfusionMatrix
+    n = c.shape[1]
+    # the best other class is the same for every candidate: find it once, then each candidate is one comparison
+    # (the same labels as argmax over the offset cosines, ties included: argmax keeps the lower index)
+    others = c + offsets; others[:, k] = -torch.inf
+    top, top_idx = others.max(1)
+    best, best_v = -1., float(offsets[k])
+    for v in candidates:
+        shifted = c[:, k] + v
+        wins = (shifted > top) | ((shifted == top) & (top_idx > k))
+        cm = ConfusionMatrix(n)
+        cm.mat += torch.bincount(n * y + torch.where(wins, k, top_idx), minlength=n * n).reshape(n, n)
+        r = cm.compute()['miou']
+        if r > best: best, best_v = r, float(v)
+    return best_v
+
 def fit_background_bias(cos: torch.Tensor,   # (N, K, H, W) cosines from `toy_dense_maps` (background prompt included)
                         masks: torch.Tensor | np.ndarray, # (N, H, W) labels
                         bg_index: int = 0,
                         biases: torch.Tensor = torch.linspace(-.2, .8, 101),
                         ) -> float:
     "Bias added to the background cosine that maximises mIoU on the labeled pixels"
-    from semivl.evaluate import ConfusionMatrix
-    y, n = torch.as_tensor(np.asarray(masks)).long(), cos.shape[1]
-    # the best other class is the same for every offset: find it once, then each offset is one comparison
-    # (the same labels as argmax over the offset cosines, ties included: argmax keeps the lower index)
-    others = cos.clone(); others[:, bg_index] = -torch.inf
-    top, top_idx = others.max(1)
-    y = y.reshape(top.shape)              # (masks may come flattened: ConfusionMatrix only needs the same pixel count)
-    keep = (y >= 0) & (y < n)             # the pixels ConfusionMatrix counts
-    y, top, top_idx, bg = y[keep], top[keep], top_idx[keep], cos[:, bg_index][keep]
-    best, best_b = -1., 0.
-    for b in biases:
-        shifted = bg + b
-        wins = (shifted > top) | ((shifted == top) & (top_idx > bg_index))
-        cm = ConfusionMatrix(n)
-        cm.mat += torch.bincount(n * y + torch.where(wins, bg_index, top_idx), minlength=n * n).reshape(n, n)
-        r = cm.compute()['miou']
-        if r > best: best, best_b = r, float(b)
-    return best_b
+    c, y = _labeled_pixels(cos, masks)
+    return _best_offset(c, y, bg_index, torch.zeros(c.shape[1]), biases)
+
+def fit_class_offsets(cos: torch.Tensor,     # (N, K, H, W) cosines, as for `fit_background_bias`
+                      masks: torch.Tensor | np.ndarray, # (N, H, W) labels
+                      bg_index: int = 0,
+                      biases: torch.Tensor = torch.linspace(-.2, .8, 101), # the background's first candidates
+                      steps: torch.Tensor = torch.linspace(-.3, .3, 61),   # moves tried per class in the first pass
+                      passes: int = 3,      # each pass halves the moves
+                     ) -> torch.Tensor:
+    "(K,) offsets of every class's cosine that maximise mIoU on the labeled pixels: the background's, then coordinate ascent"
+    c, y = _labeled_pixels(cos, masks)
+    off = torch.zeros(c.shape[1])
+    off[bg_index] = _best_offset(c, y, bg_index, off, biases)
+    for p in range(passes):
+        for k in range(len(off)):   # the current offset is tried first, so a tie keeps it
+            off[k] = _best_offset(c, y, k, off, torch.cat([off[k:k + 1], off[k] + steps * .5 ** p]))
+    return off
 
 # %% ../nbs/02_toyclip.ipynb #50d8bc62
 @torch.no_grad()

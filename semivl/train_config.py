@@ -11,10 +11,11 @@ from .core import Cfg
 from .losses import CONF_MODES, GUIDANCE_REDUCE, OLD_GUIDANCE_NAMES  # the losses own their modes
 
 # %% auto #0
-__all__ = ['METHODS', 'TRAIN_PRESETS', 'RUN_IDENTITY', 'TrainCfg', 'ConfigError', 'check_train_cfg']
+__all__ = ['METHODS', 'GUIDANCE_OFFSETS', 'TRAIN_PRESETS', 'RUN_IDENTITY', 'TrainCfg', 'ConfigError', 'check_train_cfg']
 
 # %% ../nbs/10_train_config.ipynb #7e8970e6
 METHODS = ('supervised', 'unimatch', 'semivl')
+GUIDANCE_OFFSETS = ('background', 'per_class')  # how a tiny-CLIP run calibrates its guidance (`semivl.run.calibrate_guidance`)
 
 @dataclass
 class TrainCfg(Cfg):
@@ -27,6 +28,7 @@ class TrainCfg(Cfg):
     guidance_lambda: tuple[float, float] = (0.1, 0.0)  # MaskCLIP guidance weight, linear start → end
     guidance_conf_thresh: float = 0.9      # MaskCLIP labels below this confidence become 255
     guidance_loss_reduce: str = 'mean_all' # mean_all | mean_valid | mean
+    guidance_offsets: str = 'background'   # tiny-CLIP runs: fit the background's cosine offset, or 'per_class' (every class)
     fp_rate: float = 0.5              # channel-dropout rate of the feature-perturbation branch
     safe_losses: bool = False         # 0 instead of NaN for all-ignored batches (official: NaN)
     # --- optimiser and schedule
@@ -96,6 +98,7 @@ def _train_cfg_problems(cfg: TrainCfg) -> list[str]:
     need(c.method in METHODS, f"method {c.method!r} is not one of {METHODS}")
     need(c.conf_mode in CONF_MODES, f"conf_mode {c.conf_mode!r} is not one of {CONF_MODES}")
     need(c.guidance_loss_reduce in GUIDANCE_REDUCE, f"guidance_loss_reduce {c.guidance_loss_reduce!r} is not one of {GUIDANCE_REDUCE}")
+    need(c.guidance_offsets in GUIDANCE_OFFSETS, f"guidance_offsets {c.guidance_offsets!r} is not one of {GUIDANCE_OFFSETS}")
     need(c.eval_mode in EVAL_MODES, f"eval_mode {c.eval_mode!r} is not one of {EVAL_MODES}")
     need(0 <= c.conf_thresh <= 1, f"conf_thresh {c.conf_thresh} must be in [0, 1]")
     need(0 <= c.guidance_conf_thresh <= 1, f"guidance_conf_thresh {c.guidance_conf_thresh} must be in [0, 1]")
