@@ -216,15 +216,13 @@ def build_run_model(spec: DataSpec, tcfg: TrainCfg, mcfg: ModelCfg,
                     device='cpu') -> SemiVLSegmentor:
     "The run's segmentor on `device`, checked against the dataset, its guidance calibrated where needed"
     calibrate = split is not None and needs_guidance_calibration(spec, is_tiny_clip(clip_weights))
-    if tcfg.guidance_offsets == 'per_class' and not calibrate:   # before any work
-        raise ValueError("guidance_offsets='per_class' is fitted where the kit calibrates the guidance: a tiny-CLIP run on "
-                         "data whose class 0 is the background (real CLIP weights keep the official zero offsets)")
+    per_class = calibrate and tcfg.guidance_offsets == 'per_class' and tcfg.method == 'semivl'  # only SemiVL reads the guidance
     clip, tokenizer = run_clip(clip_weights, clip_model)   # prints the weights and activation it used
     text = dataset_text(spec.text_source, clip, tokenizer, guidance_mode=mcfg.guidance_text)
     validate(tcfg, model_cfg=mcfg, info=spec.info, text=text)   # class counts of dataset and text agree
     seed_everything(tcfg.seed)
     model = SemiVLSegmentor(mcfg, clip, **text).to(device)
-    if calibrate and tcfg.guidance_offsets == 'per_class':
+    if per_class:
         off = calibrate_guidance(model, spec, split, per_class=True)
         print(f"MaskCLIP offsets, calibrated per class on the labeled images of split {split}: " +
               ', '.join(f'{n} {v:+.3f}' for n, v in zip(spec.classes['classes'], off.tolist())))

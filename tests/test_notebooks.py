@@ -253,7 +253,7 @@ def test_custom_dataset_folder_trains_and_evaluates(tmp_path):
                                              snapshots=1, out_dir=str(out)))
     m = json.loads((out/'metrics.json').read_text())
     assert m['dataset'] == 'custom' and len(m['iou_per_class']) == 5 and m['iterations'] == m['total_iters'] == 2
-    assert 'custom: 5 classes at' in _outputs(nb) and 'MaskCLIP background offset' in _outputs(nb)
+    assert 'custom: 5 classes at' in _outputs(nb) and 'MaskCLIP offsets, calibrated per class' in _outputs(nb)
     pm.execute_notebook(str(NBS/'evaluate.ipynb'), str(tmp_path/'e.ipynb'), kernel_name='python3', progress_bar=False,
                         parameters=dict(checkpoint=str(out/'model.safetensors'), n_show=1))
     ev = json.loads((out/'eval_metrics.json').read_text())
